@@ -1,0 +1,137 @@
+// Package kpmetrics reads kube-proxy's own Prometheus metrics: how often and how long it syncs its
+// rules, how many changes wait, and how long a change takes to reach the node.
+//
+// kube-proxy serves them on its metrics address (127.0.0.1:10249 by default) in its own network
+// namespace, so a Client dials through a netns.Dialer. From k8s 1.33 most series carry an ip_family
+// label, and a dual-stack kube-proxy reports one series per family: the accessors here sum over
+// label sets unless said otherwise, which is what "syncs of this process" means.
+package kpmetrics
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"kptune/internal/netns"
+)
+
+// Metric names kube-proxy exposes (all of them since k8s 1.20 unless noted).
+const (
+	SyncDuration        = "kubeproxy_sync_proxy_rules_duration_seconds"
+	SyncFullDuration    = "kubeproxy_sync_full_proxy_rules_duration_seconds"    // 1.28+
+	SyncPartialDuration = "kubeproxy_sync_partial_proxy_rules_duration_seconds" // 1.28+
+	LastSyncTimestamp   = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+	LastQueuedTimestamp = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"
+	NetworkProgramming  = "kubeproxy_network_programming_duration_seconds"
+	EndpointChanges     = "kubeproxy_sync_proxy_rules_endpoint_changes_total"
+	ServiceChanges      = "kubeproxy_sync_proxy_rules_service_changes_total"
+	RestoreFailures     = "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"
+	NFTablesFailures    = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total" // 1.31+
+)
+
+// maxBody bounds what a scrape reads: a kube-proxy's metrics page is tens of KiB.
+const maxBody = 16 << 20
+
+// Snapshot is one scrape of kube-proxy's metrics.
+type Snapshot struct {
+	Time     time.Time
+	Families map[string]*dto.MetricFamily
+}
+
+// Parse reads the Prometheus text exposition format.
+func Parse(r io.Reader) (Snapshot, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(io.LimitReader(r, maxBody))
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("parse kube-proxy metrics: %w", err)
+	}
+	return Snapshot{Time: time.Now(), Families: fams}, nil
+}
+
+// Has reports whether the scrape holds the named metric.
+func (s Snapshot) Has(name string) bool { _, ok := s.Families[name]; return ok }
+
+// Value sums a counter's or gauge's samples over all label sets.
+func (s Snapshot) Value(name string) float64 {
+	var v float64
+	for _, m := range s.metrics(name) {
+		switch {
+		case m.Counter != nil:
+			v += m.Counter.GetValue()
+		case m.Gauge != nil:
+			v += m.Gauge.GetValue()
+		case m.Untyped != nil:
+			v += m.Untyped.GetValue()
+		}
+	}
+	return v
+}
+
+// Max returns the largest sample of a gauge over all label sets (timestamps of a dual-stack
+// kube-proxy: the latest of its proxiers).
+func (s Snapshot) Max(name string) float64 {
+	var v float64
+	for i, m := range s.metrics(name) {
+		if g := m.Gauge.GetValue(); i == 0 || g > v {
+			v = g
+		}
+	}
+	return v
+}
+
+// Histogram sums a histogram's sample count and sum over all label sets.
+func (s Snapshot) Histogram(name string) (count uint64, sum float64) {
+	for _, m := range s.metrics(name) {
+		count += m.Histogram.GetSampleCount()
+		sum += m.Histogram.GetSampleSum()
+	}
+	return count, sum
+}
+
+// Syncs is the number of rule syncs kube-proxy has run, over all its proxiers.
+func (s Snapshot) Syncs() uint64 {
+	n, _ := s.Histogram(SyncDuration)
+	return n
+}
+
+func (s Snapshot) metrics(name string) []*dto.Metric {
+	if f, ok := s.Families[name]; ok {
+		return f.GetMetric()
+	}
+	return nil
+}
+
+// Client scrapes one kube-proxy.
+type Client struct {
+	http    *http.Client
+	address string
+}
+
+// NewClient returns a Client for the metrics server at address (IP:port) in the namespace of d.
+func NewClient(d netns.Dialer, address string) *Client {
+	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 10 * time.Second}, address: address}
+}
+
+// Scrape fetches and parses /metrics.
+func (c *Client) Scrape(ctx context.Context) (Snapshot, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.address+"/metrics", nil)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("scrape kube-proxy metrics at %s: %w", c.address, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Snapshot{}, fmt.Errorf("scrape kube-proxy metrics at %s: %s", c.address, resp.Status)
+	}
+	return Parse(resp.Body)
+}

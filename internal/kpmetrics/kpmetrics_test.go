@@ -1,0 +1,55 @@
+package kpmetrics
+
+import (
+	"strings"
+	"testing"
+)
+
+// A dual-stack kube-proxy 1.33 page, cut down: one series per ip_family.
+const dualStack = `# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds
+# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.001"} 0
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} 12
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"} 1.5
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 12
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv6",le="0.001"} 1
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv6",le="+Inf"} 5
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv6"} 0.25
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv6"} 5
+# HELP kubeproxy_sync_proxy_rules_endpoint_changes_total [ALPHA] Cumulative proxy rules Endpoint changes
+# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter
+kubeproxy_sync_proxy_rules_endpoint_changes_total{ip_family="IPv4"} 40
+kubeproxy_sync_proxy_rules_endpoint_changes_total{ip_family="IPv6"} 2
+# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced
+# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 1.7e+09
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"} 1.8e+09
+`
+
+func TestParseSumsOverFamilies(t *testing.T) {
+	s, err := Parse(strings.NewReader(dualStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Syncs(); got != 17 {
+		t.Errorf("Syncs() = %d, want 12+5", got)
+	}
+	if _, sum := s.Histogram(SyncDuration); sum != 1.75 {
+		t.Errorf("sync duration sum = %v, want 1.75", sum)
+	}
+	if got := s.Value(EndpointChanges); got != 42 {
+		t.Errorf("endpoint changes = %v, want 42", got)
+	}
+	if got := s.Max(LastSyncTimestamp); got != 1.8e9 {
+		t.Errorf("last sync = %v, want the later family's 1.8e9", got)
+	}
+	if s.Has(NFTablesFailures) || s.Value(NFTablesFailures) != 0 {
+		t.Errorf("a metric absent from the page reads as present or non-zero")
+	}
+}
+
+func TestParseRejectsGarbage(t *testing.T) {
+	if _, err := Parse(strings.NewReader("kubeproxy_x{le=\"1\" 3\n")); err == nil {
+		t.Fatal("a broken exposition parsed without error")
+	}
+}
