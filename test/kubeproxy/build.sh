@@ -11,6 +11,7 @@
 #   --go TC        another Go toolchain: go1.22.12 (golang.org/toolchain from the module proxy)
 #                  or a path to a go binary (/usr/lib/go-1.19/bin/go)
 #   --cmd NAME     kube-proxy (default) or kube-apiserver
+#   --fixture NAME a test fixture of test/fixtures/NAME (a small program importing the real runner)
 #
 # Cache: ${KPTUNE_CACHE:-$HOME/.cache/kptune}/bin/NAME-VERSION-FLAVOUR/NAME; the generated module that
 # requires k8s.io/kubernetes lives in .../mod/VERSION-GO and is shared by every flavour.
@@ -18,7 +19,7 @@ set -euo pipefail
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
-version="" pie=0 cgo=0 debug=0 toolchain="" cmd=kube-proxy
+version="" pie=0 cgo=0 debug=0 toolchain="" cmd=kube-proxy fixture=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --pie) pie=1 ;;
@@ -26,7 +27,8 @@ while [ $# -gt 0 ]; do
     --debug) debug=1 ;;
     --go) [ $# -ge 2 ] || die "--go needs a toolchain (go1.22.12) or a path to a go binary"; toolchain=$2; shift ;;
     --cmd) [ $# -ge 2 ] || die "--cmd needs kube-proxy or kube-apiserver"; cmd=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --fixture) [ $# -ge 2 ] || die "--fixture needs a name from test/fixtures"; fixture=$2; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown flag $1 (see --help)" ;;
     *) [ -z "$version" ] || die "one VERSION only (got $version and $1)"; version=$1 ;;
   esac
@@ -37,6 +39,13 @@ version=v${version#v}
 [[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "version $version is not of the form v1.MINOR.PATCH"
 minor=${BASH_REMATCH[1]} patch=${BASH_REMATCH[2]}
 case "$cmd" in kube-proxy|kube-apiserver) ;; *) die "--cmd $cmd: only kube-proxy and kube-apiserver are built here" ;; esac
+pkg="k8s.io/kubernetes/cmd/$cmd"
+if [ -n "$fixture" ]; then
+  src="$(cd "$(dirname "$0")/.." && pwd)/fixtures/$fixture"
+  [ -f "$src/main.go" ] || die "no fixture $fixture: pick one of $(cd "$(dirname "$src")" && ls -d */ | tr -d / | tr '\n' ' ')"
+  # The source is part of the cache key, so an edited fixture is rebuilt.
+  cmd="$fixture" pkg="./fixtures/$fixture"
+fi
 
 gobin=go
 tcname=$(go env GOVERSION 2>/dev/null) || die "no go command on PATH: install Go 1.26 (see README)"
@@ -60,10 +69,18 @@ flavour=static
 flavour="$flavour-$tcname"
 
 cache=${KPTUNE_CACHE:-$HOME/.cache/kptune}
-out="$cache/bin/$cmd-$version-$flavour/$cmd"
+key="$cmd-$version-$flavour"
+[ -n "$fixture" ] && key="fixture-$key-$(cat "$src"/*.go | sha256sum | cut -c1-12)"
+out="$cache/bin/$key/$cmd"
 if [ -x "$out" ]; then echo "$out"; exit 0; fi
 
 moddir="$cache/mod/$version-$tcname"
+# One build at a time a module: go build -mod=mod rewrites go.mod and go.sum.
+mkdir -p "$cache/mod"
+command -v flock >/dev/null || die "no flock command: apt-get install util-linux"
+exec 9>"$moddir.lock"
+flock 9
+if [ -x "$out" ]; then echo "$out"; exit 0; fi
 if [ ! -f "$moddir/.ready" ]; then
   mkdir -p "$moddir"
   echo "build.sh: fetching k8s.io/kubernetes@$version (first build of this version takes minutes)" >&2
@@ -99,6 +116,11 @@ if [ ! -f "$moddir/.ready" ]; then
   touch "$moddir/.ready"
 fi
 
+if [ -n "$fixture" ]; then
+  mkdir -p "$moddir/fixtures/$fixture"
+  cp "$src"/*.go "$moddir/fixtures/$fixture/"
+fi
+
 ldflags="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 [ $debug = 1 ] || ldflags="-s -w $ldflags"
 args=(build -mod=mod -trimpath -tags=notest)
@@ -106,12 +128,12 @@ args=(build -mod=mod -trimpath -tags=notest)
 tmp="$out.tmp.$$"
 mkdir -p "$(dirname "$out")"
 echo "build.sh: building $cmd $version ($flavour)" >&2
-if ! (cd "$moddir" && CGO_ENABLED=$cgo "$gobin" "${args[@]}" -ldflags="$ldflags" -o "$tmp" "k8s.io/kubernetes/cmd/$cmd") >"$out.log" 2>&1; then
+if ! (cd "$moddir" && CGO_ENABLED=$cgo "$gobin" "${args[@]}" -ldflags="$ldflags" -o "$tmp" "$pkg") >"$out.log" 2>&1; then
   # Go >= 1.23 refuses //go:linkname pulls of runtime internals by old dependencies; upstream built these
   # releases with an older toolchain, so relax that check rather than change what is linked.
   if grep -q 'invalid reference to\|linkname' "$out.log"; then
     echo "build.sh: retrying with -checklinkname=0 (old dependency, newer Go)" >&2
-    (cd "$moddir" && CGO_ENABLED=$cgo "$gobin" "${args[@]}" -ldflags="$ldflags -checklinkname=0" -o "$tmp" "k8s.io/kubernetes/cmd/$cmd") >"$out.log" 2>&1 \
+    (cd "$moddir" && CGO_ENABLED=$cgo "$gobin" "${args[@]}" -ldflags="$ldflags -checklinkname=0" -o "$tmp" "$pkg") >"$out.log" 2>&1 \
       || { rm -f "$tmp"; die "building $cmd $version failed: see $out.log"; }
   else
     rm -f "$tmp"

@@ -1,0 +1,50 @@
+# kptune: see README.md. `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+GO ?= go
+# The kube-proxy builds `make test` runs on: the last release of the old runner and the newest one.
+TEST_BUILDS ?= v1.33.5 v1.37.2
+GOTEST_FLAGS ?= -count=1 -timeout 40m
+
+.PHONY: all build setup prebuild test test-unit test-matrix demo cluster-up cluster-down clean
+
+all: build
+
+build:
+	$(GO) build -o bin/kptune ./cmd/kptune
+
+setup:
+	./test/setup.sh
+
+# Builds (or finds in the cache) everything the tests start, so the slow cold builds show their
+# progress here rather than inside a test's timeout.
+prebuild: setup
+	./test/cluster/build.sh >/dev/null
+	for v in $(TEST_BUILDS); do ./test/kubeproxy/build.sh $$v >/dev/null; done
+	./test/kubeproxy/build.sh v1.33.5 --pie >/dev/null
+	./test/kubeproxy/build.sh v1.33.5 --fixture asyncrunner >/dev/null
+	./test/kubeproxy/build.sh v1.33.5 --pie --fixture asyncrunner >/dev/null
+	./test/kubeproxy/build.sh v1.37.2 --fixture proxyrunner >/dev/null
+
+test: prebuild
+	$(GO) vet ./...
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+# Only what needs neither root nor a kube-proxy build.
+test-unit:
+	$(GO) test -count=1 ./internal/...
+
+# The whole version and build matrix (long: about 7 minutes a cold build).
+test-matrix: setup
+	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./test/testbed/
+
+demo: setup
+	$(GO) run ./test/cmd/testbed demo
+
+cluster-up: setup
+	./test/cluster/up.sh
+
+cluster-down:
+	./test/cluster/down.sh
+
+clean:
+	rm -rf bin

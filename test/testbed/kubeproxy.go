@@ -1,0 +1,228 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"kptune/internal/kpmetrics"
+	"kptune/internal/netns"
+)
+
+// Proxy modes.
+const (
+	IPTables = "iptables"
+	NFTables = "nftables"
+	IPVS     = "ipvs"
+)
+
+// MetricsAddress is kube-proxy's default metrics address, inside its namespace.
+const MetricsAddress = "127.0.0.1:10249"
+
+// KubeProxyOptions configure one kube-proxy.
+type KubeProxyOptions struct {
+	Build Build
+	// Binary overrides the build with a binary already at hand.
+	Binary string
+	// Mode is iptables (default), nftables or ipvs.
+	Mode string
+	// MinSyncPeriod and SyncPeriod are passed as --iptables-* (--ipvs-* in ipvs mode) when non-zero.
+	MinSyncPeriod, SyncPeriod time.Duration
+	// DualStack gives the node IPv4 and IPv6 addresses, so kube-proxy runs a proxier a family.
+	// Otherwise IPv6 is disabled in the namespace and kube-proxy runs IPv4 only.
+	DualStack bool
+	// Args are appended to kube-proxy's command line.
+	Args []string
+}
+
+// KubeProxy is a running kube-proxy in a namespace of its own.
+type KubeProxy struct {
+	Node    string // its Node's name (--hostname-override)
+	NS      string // its network namespace
+	IP      string // its node IPv4 address
+	Binary  string
+	Options KubeProxyOptions
+	Metrics *kpmetrics.Client
+
+	proc *proc
+}
+
+var minorRE = regexp.MustCompile(`^v?1\.(\d+)\.`)
+
+// Minor returns the k8s minor version of a "v1.MINOR.PATCH" string, or 0.
+func Minor(version string) int {
+	m := minorRE.FindStringSubmatch(version)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// StartKubeProxy creates a namespace and a Node for a new kube-proxy and starts it; it does not wait
+// for its first sync (see WaitSynced).
+func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*KubeProxy, error) {
+	if o.Mode == "" {
+		o.Mode = IPTables
+	}
+	bin := o.Binary
+	if bin == "" {
+		var err error
+		if bin, err = o.Build.KubeProxy(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	n := c.nodes
+	c.nodes++
+	c.mu.Unlock()
+	if n > 250 {
+		return nil, fmt.Errorf("a test bed holds at most 250 kube-proxies")
+	}
+	kp := &KubeProxy{
+		Node:    fmt.Sprintf("node-%d", n),
+		NS:      fmt.Sprintf("%s-kp%d", c.ID, n),
+		IP:      fmt.Sprintf("10.251.%d.2", n),
+		Binary:  bin,
+		Options: o,
+	}
+	ip6 := fmt.Sprintf("fd00:251:%x::2", n)
+	if err := c.addNetns(kp.NS); err != nil {
+		return nil, err
+	}
+	if !o.DualStack {
+		err := netns.ForName(kp.NS).Do(func() error {
+			for _, f := range []string{"all", "default", "lo"} {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("disable IPv6 in %s: %w", kp.NS, err)
+		}
+	}
+	veth := fmt.Sprintf("kp%d", n)
+	steps := [][]string{
+		{"-n", c.NS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", kp.NS},
+		{"-n", c.NS, "addr", "add", fmt.Sprintf("10.251.%d.1/24", n), "dev", veth},
+		{"-n", c.NS, "link", "set", veth, "up"},
+		{"-n", kp.NS, "addr", "add", kp.IP + "/24", "dev", "eth0"},
+		{"-n", kp.NS, "link", "set", "eth0", "up"},
+		{"-n", kp.NS, "route", "add", "default", "via", fmt.Sprintf("10.251.%d.1", n)},
+	}
+	if o.DualStack {
+		steps = append(steps,
+			[]string{"-n", c.NS, "-6", "addr", "add", fmt.Sprintf("fd00:251:%x::1/64", n), "dev", veth, "nodad"},
+			[]string{"-n", kp.NS, "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
+			[]string{"-n", kp.NS, "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:251:%x::1", n)})
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return nil, err
+		}
+	}
+
+	// kube-proxy waits for its Node and leaves when the Node's addresses change later: create the Node
+	// with its addresses before kube-proxy starts.
+	addrs := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: kp.IP}, {Type: corev1.NodeHostName, Address: kp.Node}}
+	if o.DualStack {
+		addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip6})
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: kp.Node, Labels: map[string]string{"kubernetes.io/hostname": kp.Node}}}
+	created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		created, err = c.Client.CoreV1().Nodes().Get(ctx, kp.Node, metav1.GetOptions{})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create Node %s: %w", kp.Node, err)
+	}
+	created.Status.Addresses = addrs
+	created.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return nil, fmt.Errorf("set the addresses of Node %s: %w", kp.Node, err)
+	}
+
+	kubeconfig := filepath.Join(c.Dir, kp.Node+".kubeconfig")
+	if err := c.pki.kubeconfig(kubeconfig, "https://"+APIAddress+":6443", "kube-proxy"); err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--hostname-override=" + kp.Node,
+		"--proxy-mode=" + o.Mode,
+		"--metrics-bind-address=" + MetricsAddress,
+		// Conntrack limits are not namespaced: leave the host's alone.
+		"--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0",
+		"--v=2",
+	}
+	prefix := "--iptables-"
+	if o.Mode == IPVS {
+		prefix = "--ipvs-"
+	}
+	if o.MinSyncPeriod != 0 {
+		args = append(args, prefix+"min-sync-period="+o.MinSyncPeriod.String())
+	}
+	if o.SyncPeriod != 0 {
+		args = append(args, prefix+"sync-period="+o.SyncPeriod.String())
+	}
+	if minor := Minor(o.Build.Version); o.Mode == NFTables && minor >= 29 && minor <= 30 {
+		args = append(args, "--feature-gates=NFTablesProxyMode=true")
+	}
+	args = append(args, o.Args...)
+	kp.proc, err = c.start("kube-proxy "+kp.Node, kp.NS, filepath.Join(c.Dir, kp.Node+".log"), bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	kp.Metrics = kpmetrics.NewClient(netns.ForName(kp.NS), MetricsAddress)
+	c.mu.Lock()
+	c.kps = append(c.kps, kp)
+	c.mu.Unlock()
+	return kp, nil
+}
+
+// PID is the kube-proxy process's id (`ip netns exec` replaces itself with kube-proxy).
+func (kp *KubeProxy) PID() int { return kp.proc.pid() }
+
+// Log is the path of kube-proxy's log.
+func (kp *KubeProxy) Log() string { return kp.proc.log }
+
+// Running reports whether kube-proxy has not exited.
+func (kp *KubeProxy) Running() bool { return !kp.proc.exited() }
+
+// WaitSynced waits until kube-proxy serves metrics and has completed at least minSyncs syncs.
+func (kp *KubeProxy) WaitSynced(ctx context.Context, minSyncs uint64, timeout time.Duration) error {
+	return waitFor(ctx, timeout, kp.proc, fmt.Sprintf("kube-proxy %s did not sync %d times", kp.Node, minSyncs), func(ctx context.Context) bool {
+		s, err := kp.Metrics.Scrape(ctx)
+		return err == nil && s.Syncs() >= minSyncs
+	})
+}
+
+// Rules returns the rules kube-proxy has written in its namespace: iptables-save (and ip6tables-save
+// when dual-stack) output, or the nftables ruleset.
+func (kp *KubeProxy) Rules() (string, error) {
+	if kp.Options.Mode == NFTables {
+		out, err := inNetns(kp.NS, "nft", "list", "ruleset")
+		return string(out), err
+	}
+	out, err := inNetns(kp.NS, "iptables-save")
+	if err != nil || !kp.Options.DualStack {
+		return string(out), err
+	}
+	out6, err := inNetns(kp.NS, "ip6tables-save")
+	return string(out) + string(out6), err
+}
+
+// Stop stops kube-proxy (SIGTERM, then SIGKILL); its namespace stays until the cluster is torn down.
+func (kp *KubeProxy) Stop() { kp.proc.stop() }

@@ -1,0 +1,176 @@
+package testbed
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The builds `make test` runs on: the last release of the old runner and the newest of the new.
+var (
+	oldGen = Build{Version: "v1.33.5"}
+	newGen = Build{Version: "v1.37.2"}
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, iptables and nftables")
+	}
+	for _, tool := range []string{"ip", "iptables-save", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s: run test/setup.sh", tool)
+		}
+	}
+}
+
+func TestBuildScriptRejectsBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"1.33"}, "not of the form v1.MINOR.PATCH"},
+		{[]string{"v1.99.0"}, "does not serve k8s.io/kubernetes@v1.99.0"},
+		{[]string{"v1.33.5", "--cmd", "kubelet"}, "only kube-proxy and kube-apiserver"},
+		{[]string{"v1.33.5", "--fixture", "nope"}, "no fixture nope"},
+		{[]string{"v1.33.5", "--go", "go-nonsense"}, "give a toolchain name"},
+		{[]string{"v1.33.5", "--bogus"}, "unknown flag --bogus"},
+	} {
+		_, err := runScript(context.Background(), "test/kubeproxy/build.sh", tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("build.sh %v: got %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestKubeProxySyncsUnderChurn is the test bed end to end: a real control plane, kube-proxy of each
+// runner generation in its own namespace (one iptables single-stack, one nftables dual-stack), loaded
+// Services in their rules, syncs under churn, and nothing left behind.
+func TestKubeProxySyncsUnderChurn(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	c, err := Up(ctx, ClusterOptions{Progress: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			_ = c.Down()
+		}
+	})
+
+	const services, endpoints = 40, 5
+	if err := c.Load(ctx, services, endpoints); err != nil {
+		t.Fatal(err)
+	}
+	kps := []*KubeProxy{}
+	for _, o := range []KubeProxyOptions{
+		{Build: oldGen, Mode: IPTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second},
+		{Build: newGen, Mode: NFTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second, DualStack: true},
+	} {
+		kp, err := c.StartKubeProxy(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kps = append(kps, kp)
+	}
+	for _, kp := range kps {
+		if err := kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		waitRules(t, kp, services)
+	}
+
+	before := make([]uint64, len(kps))
+	for i, kp := range kps {
+		s, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[i] = s.Syncs()
+	}
+	churn, err := c.Churn(ctx, ChurnOptions{Rate: 10, Services: services, Endpoints: endpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(6 * time.Second)
+	changes, err := churn.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changes < 30 {
+		t.Fatalf("churn applied %d changes in 6s at 10/s", changes)
+	}
+	for i, kp := range kps {
+		s, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// At a 500ms minimum period under 10 changes/s, kube-proxy syncs about twice a second.
+		if grew := s.Syncs() - before[i]; grew < 4 {
+			t.Errorf("kube-proxy %s (%s) synced %d times in 6s of churn, want >= 4", kp.Node, kp.Options.Build, grew)
+		} else {
+			t.Logf("kube-proxy %s (%s, %s): %d syncs in 6s of churn (%d changes)", kp.Node, kp.Options.Build, kp.Options.Mode, grew, changes)
+		}
+		if !kp.Running() {
+			t.Errorf("kube-proxy %s exited: %s", kp.Node, tail(kp.Log(), 5))
+		}
+		waitRules(t, kp, services)
+	}
+	if kps[1].Options.DualStack {
+		rules, _ := kps[1].Rules()
+		if !strings.Contains(rules, "table ip6 kube-proxy") {
+			t.Errorf("the dual-stack kube-proxy wrote no IPv6 table")
+		}
+	}
+
+	pids := []int{c.api.pid(), c.etcd.pid()}
+	for _, kp := range kps {
+		pids = append(pids, kp.PID())
+	}
+	nss := append([]string{c.NS}, kps[0].NS, kps[1].NS)
+	downed = true
+	if err := c.Down(); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("process %d survived Down", pid)
+		}
+	}
+	for _, ns := range nss {
+		if _, err := os.Stat("/run/netns/" + ns); err == nil {
+			t.Errorf("namespace %s survived Down", ns)
+		}
+	}
+	if _, err := os.Stat(c.Dir); err == nil {
+		t.Errorf("directory %s survived Down", c.Dir)
+	}
+}
+
+// waitRules waits until every loaded Service appears in kube-proxy's rules.
+func waitRules(t *testing.T, kp *KubeProxy, services int) {
+	t.Helper()
+	var missing []string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		rules, err := kp.Rules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if missing = MissingServices(rules, services); len(missing) == 0 {
+			return
+		}
+	}
+	t.Fatalf("kube-proxy %s: %d of %d Services missing from its rules (first %s)", kp.Node, len(missing), services, missing[0])
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
