@@ -123,6 +123,9 @@ fi
 
 ldflags="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 [ $debug = 1 ] || ldflags="-s -w $ldflags"
+# A cgo build is linked by the system linker, as distribution builds are: its .text then starts with
+# C code, not at runtime.text.
+[ $cgo = 1 ] && ldflags="-linkmode=external $ldflags"
 args=(build -mod=mod -trimpath -tags=notest)
 [ $pie = 1 ] && args+=(-buildmode=pie)
 tmp="$out.tmp.$$"

@@ -1,0 +1,243 @@
+// Package gobin analyses a Go executable without its symbols or debug information: what stripped
+// (-s -w) release builds keep is enough. It reads the build information (debug/buildinfo), finds the
+// runtime's moduledata, and through it the function table (.gopclntab, read with debug/gosym) and
+// the type descriptors.
+//
+// Format history that the code branches on:
+//   - The pclntab header has held the text start since Go 1.18, but Go 1.26 writes 0 there, and
+//     for externally linked (cgo) builds the .text section does not start at runtime.text. The
+//     authoritative text start is moduledata.text.
+//   - moduledata lives in its own section, .go.module, since Go 1.26; before, it is a symbol in
+//     .noptrdata (or a relocated data section in PIE builds) found by its first word, the address of
+//     the pclntab header.
+//   - moduledata gained covctrs/ecovctrs in Go 1.20, which moved types/etypes by two words.
+package gobin
+
+import (
+	"bytes"
+	"debug/buildinfo"
+	"debug/elf"
+	"debug/gosym"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// ErrNotGo is returned for an executable without Go build information.
+var ErrNotGo = errors.New("not a Go executable")
+
+// Binary is an analysed Go executable.
+type Binary struct {
+	Path      string
+	ELF       *elf.File
+	Build     *buildinfo.BuildInfo
+	GoVersion string // "go1.26.8"
+	GoMinor   int    // 26
+	PtrSize   int
+	Order     binary.ByteOrder
+	PIE       bool // position independent: addresses are relative to the load bias
+
+	// From moduledata.
+	ModuleData uint64 // its address
+	Text       uint64 // moduledata.text: what pclntab entry offsets are relative to
+	Types      uint64 // moduledata.types: what type and name offsets are relative to
+	ETypes     uint64
+
+	table  *gosym.Table
+	relocs []reloc
+	types  []byte // moduledata.types..etypes, read on first use
+	close  io.Closer
+}
+
+// Open analyses the executable at path (for a live process, /proc/PID/exe).
+func Open(path string) (*Binary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	b, err := New(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	b.Path, b.close = path, f
+	return b, nil
+}
+
+// Close releases the file.
+func (b *Binary) Close() error {
+	if b.close != nil {
+		return b.close.Close()
+	}
+	return nil
+}
+
+// New analyses an executable read through r.
+func New(r io.ReaderAt) (*Binary, error) {
+	ef, err := elf.NewFile(r)
+	if err != nil {
+		return nil, fmt.Errorf("parse ELF file: %w", err)
+	}
+	bi, err := buildinfo.Read(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotGo, err)
+	}
+	b := &Binary{ELF: ef, Build: bi, GoVersion: bi.GoVersion, Order: ef.ByteOrder, PIE: ef.Type == elf.ET_DYN}
+	b.GoMinor = goMinor(bi.GoVersion)
+	if b.GoMinor == 0 {
+		return nil, fmt.Errorf("unrecognised Go version %q in build information", bi.GoVersion)
+	}
+	if b.GoMinor < 18 {
+		return nil, fmt.Errorf("built by %s: Go 1.18 or later is needed (pclntab format)", bi.GoVersion)
+	}
+	switch ef.Class {
+	case elf.ELFCLASS64:
+		b.PtrSize = 8
+	case elf.ELFCLASS32:
+		b.PtrSize = 4
+	}
+
+	pcln, pclnAddr, err := b.pclntab()
+	if err != nil {
+		return nil, err
+	}
+	if err := b.findModuleData(pclnAddr); err != nil {
+		return nil, err
+	}
+	lt := gosym.NewLineTable(pcln, b.Text)
+	tab, err := gosym.NewTable(nil, lt)
+	if err != nil {
+		return nil, fmt.Errorf("read function table: %w", err)
+	}
+	if len(tab.Funcs) == 0 {
+		return nil, errors.New("read function table: no functions")
+	}
+	b.table = tab
+	return b, nil
+}
+
+func goMinor(v string) int {
+	v = strings.TrimPrefix(v, "go")
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 || parts[0] != "1" {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimRightFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// pclntab returns the function table's bytes and address.
+func (b *Binary) pclntab() ([]byte, uint64, error) {
+	for _, name := range []string{".gopclntab", ".data.rel.ro.gopclntab"} {
+		if s := b.ELF.Section(name); s != nil && s.Type != elf.SHT_NOBITS {
+			data, err := s.Data()
+			if err != nil {
+				return nil, 0, fmt.Errorf("read %s: %w", name, err)
+			}
+			return data, s.Addr, nil
+		}
+	}
+	return nil, 0, errors.New("no .gopclntab section: the function table is missing")
+}
+
+// Funcs names the functions of the binary.
+func (b *Binary) Func(name string) (entry, end uint64, ok bool) {
+	f := b.table.LookupFunc(name)
+	if f == nil {
+		return 0, 0, false
+	}
+	return f.Entry, f.End, true
+}
+
+// FuncAt names the function holding pc.
+func (b *Binary) FuncAt(pc uint64) string {
+	if f := b.table.PCToFunc(pc); f != nil {
+		return f.Name
+	}
+	return ""
+}
+
+// FuncsWithPrefix lists the functions whose names start with prefix.
+func (b *Binary) FuncsWithPrefix(prefix string) []string {
+	var out []string
+	for _, f := range b.table.Funcs {
+		if strings.HasPrefix(f.Name, prefix) {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}
+
+// ReadAt reads len(p) bytes of the file's image at virtual address addr (unrelocated).
+func (b *Binary) ReadAt(p []byte, addr uint64) error {
+	for _, prog := range b.ELF.Progs {
+		if prog.Type != elf.PT_LOAD || addr < prog.Vaddr || addr+uint64(len(p)) > prog.Vaddr+prog.Memsz {
+			continue
+		}
+		off := addr - prog.Vaddr
+		n := 0
+		if off < prog.Filesz {
+			end := min(off+uint64(len(p)), prog.Filesz)
+			var err error
+			n, err = prog.ReadAt(p[:end-off], int64(off))
+			if err != nil && n < int(end-off) {
+				return fmt.Errorf("read %#x: %w", addr, err)
+			}
+		}
+		clear(p[n:]) // beyond the file: zero-initialised memory
+		b.applyRelocs(p, addr)
+		return nil
+	}
+	return fmt.Errorf("address %#x (%d bytes) is not in the executable's image", addr, len(p))
+}
+
+// Uint reads a pointer-sized word at addr.
+func (b *Binary) Uint(addr uint64) (uint64, error) {
+	buf := make([]byte, b.PtrSize)
+	if err := b.ReadAt(buf, addr); err != nil {
+		return 0, err
+	}
+	return b.word(buf), nil
+}
+
+func (b *Binary) word(p []byte) uint64 {
+	if b.PtrSize == 4 {
+		return uint64(b.Order.Uint32(p))
+	}
+	return b.Order.Uint64(p)
+}
+
+// section returns the section holding addr.
+func (b *Binary) section(addr uint64) *elf.Section {
+	for _, s := range b.ELF.Sections {
+		if s.Flags&elf.SHF_ALLOC != 0 && addr >= s.Addr && addr < s.Addr+s.Size {
+			return s
+		}
+	}
+	return nil
+}
+
+// BuildID returns the Go build ID note, or "" if there is none.
+func (b *Binary) BuildID() string {
+	s := b.ELF.Section(".note.go.buildid")
+	if s == nil {
+		return ""
+	}
+	data, err := s.Data()
+	if err != nil || len(data) < 16 {
+		return ""
+	}
+	// An ELF note: namesz, descsz, type, "Go\x00\x00", desc.
+	descsz := b.Order.Uint32(data[4:])
+	if 16+int(descsz) > len(data) {
+		return ""
+	}
+	return string(bytes.TrimRight(data[16:16+descsz], "\x00"))
+}

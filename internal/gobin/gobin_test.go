@@ -1,0 +1,181 @@
+package gobin
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"kptune/test/testbed"
+)
+
+const (
+	asyncPkg    = "k8s.io/kubernetes/pkg/util/async"
+	runnerPkg   = "k8s.io/kubernetes/pkg/proxy/runner"
+	tryRun      = asyncPkg + ".(*BoundedFrequencyRunner).tryRun"
+	newLoop     = runnerPkg + ".(*BoundedFrequencyRunner).Loop"
+	flowcontrol = "k8s.io/client-go/util/flowcontrol"
+	ratePkg     = "golang.org/x/time/rate"
+)
+
+type fixture struct {
+	build   testbed.Build
+	name    string
+	has     string // a function the generation has
+	hasNot  string // one it does not
+	structs [][2]string
+}
+
+var oldStructs = [][2]string{
+	{"async.BoundedFrequencyRunner", asyncPkg},
+	{"flowcontrol.tokenBucketRateLimiter", flowcontrol},
+	{"flowcontrol.tokenBucketPassiveRateLimiter", flowcontrol},
+	{"rate.Limiter", ratePkg},
+}
+
+var fixtures = []fixture{
+	{testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, tryRun, newLoop, oldStructs},
+	{testbed.Build{Version: "v1.33.5", PIE: true}, testbed.AsyncRunner, tryRun, newLoop, oldStructs},
+	{testbed.Build{Version: "v1.33.5", CGO: true}, testbed.AsyncRunner, tryRun, newLoop, oldStructs},
+	{testbed.Build{Version: "v1.37.2"}, testbed.ProxyRunner, newLoop, tryRun, [][2]string{{"runner.BoundedFrequencyRunner", runnerPkg}}},
+}
+
+func open(t *testing.T, b testbed.Build, name string) *Binary {
+	t.Helper()
+	path, err := b.Fixture(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bin.Close() })
+	return bin
+}
+
+// TestStrippedBuilds analyses stripped fixtures of both generations (static, PIE, externally linked
+// cgo) and checks each against the unstripped build of the same source: the function addresses
+// from the pclntab against the ELF symbols, the struct layouts from type descriptors against DWARF.
+func TestStrippedBuilds(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx.build.String(), func(t *testing.T) {
+			bin := open(t, fx.build, fx.name)
+			if !strings.HasPrefix(bin.GoVersion, "go1.") || bin.BuildID() == "" {
+				t.Errorf("Go version %q, build id %q", bin.GoVersion, bin.BuildID())
+			}
+			if bin.PIE != fx.build.PIE {
+				t.Errorf("PIE = %v", bin.PIE)
+			}
+			if _, _, ok := bin.Func(fx.has); !ok {
+				t.Errorf("no function %s", fx.has)
+			}
+			if _, _, ok := bin.Func(fx.hasNot); ok {
+				t.Errorf("function %s found in the other generation", fx.hasNot)
+			}
+
+			dbgBuild := fx.build
+			dbgBuild.Debug = true
+			dbg := open(t, dbgBuild, fx.name)
+			if syms, err := dbg.ELF.Symbols(); err != nil {
+				t.Fatalf("the debug build has no symbols: %v", err)
+			} else {
+				checkSymbols(t, dbg, syms, fx.has)
+			}
+			if _, err := bin.ELF.Symbols(); err == nil {
+				t.Errorf("the release build kept its symbol table")
+			}
+			for _, st := range fx.structs {
+				got, err := bin.StructType(st[0], st[1])
+				if err != nil {
+					t.Fatalf("%s: %v", st[0], err)
+				}
+				if _, err := bin.DWARFStruct(st[0], st[1]); !errors.Is(err, ErrNoDWARF) {
+					t.Errorf("DWARF of the stripped build: got %v, want ErrNoDWARF", err)
+				}
+				want, err := dbg.DWARFStruct(st[0], st[1])
+				if err != nil {
+					t.Fatalf("%s: %v", st[0], err)
+				}
+				if !sameLayout(got, want) {
+					t.Errorf("%s from type descriptors:\n %+v\nfrom DWARF:\n %+v", st[0], got, want)
+				}
+				if got2, err := dbg.StructType(st[0], st[1]); err != nil || !reflect.DeepEqual(got, got2) {
+					t.Errorf("%s: stripped and debug type descriptors differ: %+v vs %+v (%v)", st[0], got, got2, err)
+				}
+			}
+		})
+	}
+}
+
+func checkSymbols(t *testing.T, b *Binary, syms []elf.Symbol, fn string) {
+	t.Helper()
+	found := 0
+	for _, s := range syms {
+		switch s.Name {
+		case "runtime.text":
+			found++
+			if s.Value != b.Text {
+				t.Errorf("moduledata.text %#x, runtime.text symbol %#x", b.Text, s.Value)
+			}
+		case fn:
+			found++
+			if entry, _, _ := b.Func(fn); entry != s.Value {
+				t.Errorf("%s: pclntab entry %#x, symbol %#x", fn, entry, s.Value)
+			}
+		}
+	}
+	if found != 2 {
+		t.Errorf("found %d of runtime.text and %s in the symbol table", found, fn)
+	}
+}
+
+// sameLayout compares names, offsets and sizes (type strings differ in form between the two).
+func sameLayout(a, b Struct) bool {
+	if a.Size != b.Size || len(a.Fields) != len(b.Fields) {
+		return false
+	}
+	for i := range a.Fields {
+		fa, fb := a.Fields[i], b.Fields[i]
+		if fa.Name != fb.Name || fa.Offset != fb.Offset || fa.Size != fb.Size {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBadInput(t *testing.T) {
+	good, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"empty", nil, "parse ELF file"},
+		{"garbage", bytes.Repeat([]byte("kptune"), 1000), "parse ELF file"},
+		{"truncated header", data[:40], "parse ELF file"},
+		{"truncated", data[:len(data)/3], ""},
+	} {
+		_, err := New(bytes.NewReader(tc.data))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := Open("/bin/true"); !errors.Is(err, ErrNotGo) {
+		t.Errorf("/bin/true: got %v, want ErrNotGo", err)
+	}
+	if _, err := Open("/nonexistent/kube-proxy"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: got %v", err)
+	}
+}
