@@ -54,7 +54,7 @@ type Cluster struct {
 
 // Up builds (if needed) and starts etcd and kube-apiserver in a new network namespace, and waits until
 // the API server is ready. On failure it tears down what it started.
-func Up(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
+func Up(ctx context.Context, opts ClusterOptions) (_ *Cluster, err error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("the test bed needs root (network namespaces, iptables): run as root")
 	}
@@ -72,7 +72,7 @@ func Up(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
 	var idb [3]byte
 	_, _ = rand.Read(idb[:])
 	id := "kpt" + hex.EncodeToString(idb[:])
-	c = &Cluster{ID: id, NS: id + "-cp", opts: opts}
+	c := &Cluster{ID: id, NS: id + "-cp", opts: opts}
 	c.Dir = opts.Dir
 	if c.Dir == "" {
 		if c.Dir, err = os.MkdirTemp("", id+"-"); err != nil {
@@ -88,7 +88,6 @@ func Up(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
 	defer func() {
 		if err != nil {
 			_ = c.Down()
-			c = nil
 		}
 	}()
 
@@ -96,19 +95,12 @@ func Up(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
 	if err := c.addNetns(c.NS); err != nil {
 		return nil, err
 	}
-	if err := ip("-n", c.NS, "link", "add", "kptapi", "type", "dummy"); err != nil {
+	// The API server's address for the kube-proxy namespaces lives on the control plane's loopback:
+	// routed to over each veth pair, local once there.
+	if err := ip("-n", c.NS, "addr", "add", APIAddress+"/32", "dev", "lo"); err != nil {
 		return nil, err
 	}
-	for _, a := range [][]string{{APIAddress + "/32"}, {"-6", "fd00:250::1/128"}} {
-		args := append([]string{"-n", c.NS, "addr", "add"}, a[len(a)-1], "dev", "kptapi")
-		if len(a) == 2 {
-			args = append([]string{"-6"}, args...)
-		}
-		if err := ip(args...); err != nil {
-			return nil, err
-		}
-	}
-	if err := ip("-n", c.NS, "link", "set", "kptapi", "up"); err != nil {
+	if err := ip("-n", c.NS, "-6", "addr", "add", "fd00:250::1/128", "dev", "lo"); err != nil {
 		return nil, err
 	}
 

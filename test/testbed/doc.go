@@ -4,7 +4,7 @@
 //
 // The network is made of namespaces only. The control plane lives in namespace "<id>-cp": etcd on its
 // loopback, kube-apiserver on 0.0.0.0:6443 and reachable from every kube-proxy namespace at 10.250.0.1
-// (an address on a dummy interface in the control-plane namespace). Each kube-proxy namespace
+// (an address on the control-plane namespace's loopback). Each kube-proxy namespace
 // "<id>-kpN" is joined to the control-plane namespace by a veth pair (10.251.N.2 and fd00:251:N::2 on
 // the kube-proxy side). Nothing is routed to or from the host's namespaces; the test process talks to
 // the API server and to kube-proxy's metrics by opening its sockets inside those namespaces
