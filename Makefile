@@ -20,10 +20,9 @@ setup:
 prebuild: setup
 	./test/cluster/build.sh >/dev/null
 	for v in $(TEST_BUILDS); do ./test/kubeproxy/build.sh $$v >/dev/null; done
-	./test/kubeproxy/build.sh v1.33.5 --pie >/dev/null
-	./test/kubeproxy/build.sh v1.33.5 --fixture asyncrunner >/dev/null
-	./test/kubeproxy/build.sh v1.33.5 --pie --fixture asyncrunner >/dev/null
-	./test/kubeproxy/build.sh v1.37.2 --fixture proxyrunner >/dev/null
+	for f in "" --pie --cgo --debug "--cgo --debug" "--pie --debug"; do \
+		./test/kubeproxy/build.sh v1.33.5 $$f --fixture asyncrunner >/dev/null || exit 1; done
+	for f in "" --debug; do ./test/kubeproxy/build.sh v1.37.2 $$f --fixture proxyrunner >/dev/null || exit 1; done
 
 test: prebuild
 	$(GO) vet ./...
