@@ -130,7 +130,7 @@ func up(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("\ntest bed %s is up; files in %s\n", c.ID, c.Dir)
-	fmt.Printf("  API server:  ip netns exec %s kubectl --kubeconfig %s/admin.kubeconfig get nodes\n", c.NS, c.Dir)
+	fmt.Printf("  API server:  ip netns exec %s curl -s --cacert %[2]s/ca.crt --cert %[2]s/admin.crt --key %[2]s/admin.key https://127.0.0.1:6443/api/v1/nodes\n", c.NS, c.Dir)
 	for _, kp := range kps {
 		fmt.Printf("  kube-proxy %s: pid %d, namespace %s, log %s\n", kp.Node, kp.PID(), kp.NS, kp.Log())
 		fmt.Printf("    metrics: ip netns exec %s curl -s http://%s/metrics\n", kp.NS, testbed.MetricsAddress)
