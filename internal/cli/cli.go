@@ -24,7 +24,7 @@ func NewCommand(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(newVersionCommand())
+	root.AddCommand(newVersionCommand(), newInspectCommand())
 	return root
 }
 

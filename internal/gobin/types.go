@@ -13,6 +13,7 @@ type Struct struct {
 	PkgPath string // "k8s.io/kubernetes/pkg/util/async"
 	Size    uint64
 	Fields  []Field
+	Addr    uint64 // the type descriptor's address in the file's image (0 from DWARF)
 }
 
 // Field is one field of a Struct.
@@ -81,7 +82,7 @@ func (b *Binary) StructType(name, pkgPath string) (Struct, error) {
 			errs = append(errs, fmt.Errorf("%s at %#x is of package %q", name, b.Types+uint64(off), s.PkgPath))
 			continue
 		}
-		s.Name = name
+		s.Name, s.Addr = name, b.Types+uint64(off)
 		return s, nil
 	}
 	if len(errs) > 0 {
@@ -204,4 +205,10 @@ func (b *Binary) readNameFlags(addr uint64) (string, byte, error) {
 		return "", 0, err
 	}
 	return string(buf), hdr[0], nil
+}
+
+// TypeName reads the string form of the type descriptor at addr (in the file's image).
+func (b *Binary) TypeName(addr uint64) (string, error) {
+	name, _, err := b.typeString(addr)
+	return name, err
 }

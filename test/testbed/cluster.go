@@ -126,7 +126,7 @@ func Up(ctx context.Context, opts ClusterOptions) (_ *Cluster, err error) {
 	}
 
 	say("starting etcd")
-	c.etcd, err = c.start("etcd", c.NS, filepath.Join(c.Dir, "etcd.log"), etcdBin,
+	c.etcd, err = c.start("etcd", c.NS, filepath.Join(c.Dir, "etcd.log"), nil, etcdBin,
 		"--name=testbed", "--data-dir="+filepath.Join(c.Dir, "etcd"),
 		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
@@ -147,7 +147,7 @@ func Up(ctx context.Context, opts ClusterOptions) (_ *Cluster, err error) {
 
 	say("starting kube-apiserver")
 	p := c.pki.path
-	c.api, err = c.start("kube-apiserver", c.NS, filepath.Join(c.Dir, "kube-apiserver.log"), apiBin,
+	c.api, err = c.start("kube-apiserver", c.NS, filepath.Join(c.Dir, "kube-apiserver.log"), nil, apiBin,
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--bind-address=0.0.0.0", "--secure-port=6443",
 		"--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
@@ -201,8 +201,8 @@ func (c *Cluster) Down() error {
 }
 
 // start starts a process and records it for cleanup.
-func (c *Cluster) start(name, ns, log, bin string, args ...string) (*proc, error) {
-	p, err := start(name, ns, log, c.opts.Detach, bin, args...)
+func (c *Cluster) start(name, ns, log string, env []string, bin string, args ...string) (*proc, error) {
+	p, err := start(name, ns, log, c.opts.Detach, env, bin, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,7 +38,9 @@ type KubeProxyOptions struct {
 	// MinSyncPeriod and SyncPeriod are passed as --iptables-* (--ipvs-* in ipvs mode) when non-zero.
 	MinSyncPeriod, SyncPeriod time.Duration
 	// DualStack gives the node IPv4 and IPv6 addresses, so kube-proxy runs a proxier a family.
-	// Otherwise IPv6 is disabled in the namespace and kube-proxy runs IPv4 only.
+	// Otherwise IPv6 is disabled in the namespace and, in iptables and ipvs mode, kube-proxy finds no
+	// ip6tables on its PATH and runs IPv4 only. nftables mode (one nft binary for both families)
+	// still runs dual-stack.
 	DualStack bool
 	// Args are appended to kube-proxy's command line.
 	Args []string
@@ -181,7 +184,15 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 		args = append(args, "--feature-gates=NFTablesProxyMode=true")
 	}
 	args = append(args, o.Args...)
-	kp.proc, err = c.start("kube-proxy "+kp.Node, kp.NS, filepath.Join(c.Dir, kp.Node+".log"), bin, args...)
+	var env []string
+	if !o.DualStack && o.Mode != NFTables {
+		dir, err := c.ipv4OnlyPath()
+		if err != nil {
+			return nil, err
+		}
+		env = []string{"PATH=" + dir + ":/usr/local/bin:/usr/bin:/bin"}
+	}
+	kp.proc, err = c.start("kube-proxy "+kp.Node, kp.NS, filepath.Join(c.Dir, kp.Node+".log"), env, bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -226,3 +237,30 @@ func (kp *KubeProxy) Rules() (string, error) {
 
 // Stop stops kube-proxy (SIGTERM, then SIGKILL); its namespace stays until the cluster is torn down.
 func (kp *KubeProxy) Stop() { kp.proc.stop() }
+
+// ipv4OnlyPath returns a directory holding links to every system binary but ip6tables*: a node
+// without IPv6 netfilter tools, on which kube-proxy runs single-stack.
+func (c *Cluster) ipv4OnlyPath() (string, error) {
+	dir := filepath.Join(c.Dir, "sbin-ipv4")
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for _, sys := range []string{"/usr/sbin", "/sbin"} {
+		ents, err := os.ReadDir(sys)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "ip6tables") {
+				continue
+			}
+			if err := os.Symlink(filepath.Join(sys, e.Name()), filepath.Join(dir, e.Name())); err != nil && !os.IsExist(err) {
+				return "", err
+			}
+		}
+	}
+	return dir, nil
+}

@@ -133,7 +133,7 @@ type proc struct {
 // start runs bin inside network namespace ns (through `ip netns exec`, which also gives it the
 // namespace's own /sys), with its output in logPath. Unless detach is set, the process dies with
 // its parent.
-func start(name, ns, logPath string, detach bool, bin string, args ...string) (*proc, error) {
+func start(name, ns, logPath string, detach bool, env []string, bin string, args ...string) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
@@ -141,6 +141,9 @@ func start(name, ns, logPath string, detach bool, bin string, args ...string) (*
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if detach {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -1,0 +1,100 @@
+package inspect
+
+import (
+	"context"
+	"os/exec"
+	"testing"
+	"time"
+
+	"kptune/internal/locate"
+	"kptune/test/testbed"
+)
+
+// TestInspectRealKubeProxy inspects real kube-proxy processes of both generations, fed by the real
+// API server: an iptables single-stack v1.33 (one runner) and an nftables dual-stack v1.37 (two),
+// started with unusual periods that the report must show exactly.
+func TestInspectRealKubeProxy(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("iptables-save"); err != nil {
+		t.Skip("needs iptables: run test/setup.sh")
+	}
+	ctx := context.Background()
+	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Down() })
+	if err := c.Load(ctx, 20, 3); err != nil {
+		t.Fatal(err)
+	}
+	const period, sync = 3700 * time.Millisecond, 47 * time.Second
+	type want struct {
+		kp      *testbed.KubeProxy
+		runners int
+		gen     locate.Generation
+		version string
+	}
+	var wants []want
+	for _, o := range []testbed.KubeProxyOptions{
+		{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.IPTables},
+		{Build: testbed.Build{Version: "v1.37.2"}, Mode: testbed.NFTables, DualStack: true},
+	} {
+		o.MinSyncPeriod, o.SyncPeriod = period, sync
+		kp, err := c.StartKubeProxy(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := want{kp: kp, runners: 1, gen: locate.Async, version: o.Build.Version}
+		if o.DualStack {
+			w.runners = 2
+		}
+		if testbed.Minor(o.Build.Version) >= 34 {
+			w.gen = locate.Runner
+		}
+		wants = append(wants, w)
+	}
+	for _, w := range wants {
+		if err := w.kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	all, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range wants {
+		start := time.Now()
+		p, err := PID(w.kp.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d runners in %v", w.version, len(p.Runners), time.Since(start))
+		if p.K8sVersion != w.version || p.Generation != string(w.gen) || p.ProxyMode != w.kp.Options.Mode {
+			t.Errorf("pid %d: version %s generation %s mode %s, want %s %s %s", p.PID, p.K8sVersion, p.Generation, p.ProxyMode, w.version, w.gen, w.kp.Options.Mode)
+		}
+		if len(p.Runners) != w.runners {
+			t.Fatalf("pid %d: %d runners, want %d: %+v", p.PID, len(p.Runners), w.runners, p.Runners)
+		}
+		for _, f := range p.Found() {
+			if f.MinInterval != period || !f.Patchable {
+				t.Errorf("runner %#x: min %v patchable %v, want %v", f.Address, f.MinInterval, f.Patchable, period)
+			}
+			if w.gen == locate.Runner {
+				// ≥ 1.34 proxiers pass retry = syncPeriod and max = FullSyncPeriod (1h).
+				if f.RetryInterval != sync || f.MaxInterval != time.Hour {
+					t.Errorf("runner %#x: retry %v max %v, want %v and 1h", f.Address, f.RetryInterval, f.MaxInterval, sync)
+				}
+			} else if want := locate.QPSFor(period); f.QPS != want || f.Limit != float64(want) || f.Burst != 2 || f.MaxInterval != time.Hour {
+				t.Errorf("runner %#x: qps %v limit %v burst %d max %v, want %v %v 2 1h", f.Address, f.QPS, f.Limit, f.Burst, f.MaxInterval, want, float64(want))
+			}
+		}
+		listed := false
+		for _, q := range all.Processes {
+			listed = listed || (q.PID == p.PID && len(q.Runners) == w.runners)
+		}
+		if !listed {
+			t.Errorf("inspecting all processes did not list pid %d with its %d runners", p.PID, w.runners)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+// Package locate finds kube-proxy's sync runners in a live process and reads the values they live by.
+//
+// Two generations of runner exist. k8s 1.20–1.33 use k8s.io/kubernetes/pkg/util/async, whose rate is
+// gated by a client-go token bucket (limiter → *rate.Limiter, with a float32 qps copy); k8s 1.34
+// and later use k8s.io/kubernetes/pkg/proxy/runner, which re-reads minInterval after every run.
+// The layouts come from the binary itself (runtime type descriptors, kept by stripped builds), and
+// the instances from a scan of the process's writable memory for the runner's signature: its name
+// string header pointing at the binary's "sync-runner" bytes, plausible durations, its run channel
+// (buffered, one slot, empty elements), and in the old generation a limiter whose dynamic type is the
+// token bucket and whose qps, limit and burst agree. Nothing is written and nothing is stopped.
+package locate
+
+import (
+	"errors"
+	"fmt"
+
+	"kptune/internal/gobin"
+)
+
+// Generation is a runner generation.
+type Generation string
+
+const (
+	Async  Generation = "async"  // pkg/util/async, k8s 1.20–1.33
+	Runner Generation = "runner" // pkg/proxy/runner, k8s 1.34+
+)
+
+// Package paths and the functions that tell the generations apart.
+const (
+	AsyncPkg       = "k8s.io/kubernetes/pkg/util/async"
+	RunnerPkg      = "k8s.io/kubernetes/pkg/proxy/runner"
+	FlowcontrolPkg = "k8s.io/client-go/util/flowcontrol"
+	RatePkg        = "golang.org/x/time/rate"
+	AsyncTryRun    = AsyncPkg + ".(*BoundedFrequencyRunner).tryRun"
+	RunnerLoop     = RunnerPkg + ".(*BoundedFrequencyRunner).Loop"
+)
+
+// Layout is where the fields kptune reads and writes sit, for one binary.
+type Layout struct {
+	Generation Generation
+	Source     string // "type descriptors", "DWARF" or "built-in table"
+
+	RunnerSize                              uint64
+	Name, MinInterval, MaxInterval, Run, Fn uint64
+	RetryInterval                           uint64 // new generation
+	Limiter                                 uint64 // old generation: the rateLimiter interface
+	TokenBucketType                         uint64 // descriptor of flowcontrol.tokenBucketRateLimiter (0 if unknown)
+	TBLimiter, TBQPS, RateLimit, RateBurst  uint64 // old generation: offsets in the token bucket and rate.Limiter
+}
+
+// DetectGeneration tells the runner generation from the functions the binary holds.
+func DetectGeneration(b *gobin.Binary) (Generation, error) {
+	_, _, old := b.Func(AsyncTryRun)
+	_, _, cur := b.Func(RunnerLoop)
+	switch {
+	case old && !cur:
+		return Async, nil
+	case cur && !old:
+		return Runner, nil
+	case old && cur:
+		return "", errors.New("the binary holds both runner generations: not a kube-proxy kptune knows")
+	}
+	return "", errors.New("no BoundedFrequencyRunner in this binary: not a kube-proxy (or its runner was renamed)")
+}
+
+// LayoutOf reads the layout from the binary's type descriptors, else its DWARF, else the built-in
+// table; the table is used only where the binary confirms nothing contradicts it.
+func LayoutOf(b *gobin.Binary) (Layout, error) {
+	gen, err := DetectGeneration(b)
+	if err != nil {
+		return Layout{}, err
+	}
+	l, err := fromBinary(b, gen, b.StructType, "type descriptors")
+	if err == nil {
+		return l, nil
+	}
+	l, derr := fromBinary(b, gen, b.DWARFStruct, "DWARF")
+	if derr == nil {
+		return l, nil
+	}
+	if b.PtrSize == 8 {
+		l := builtin[gen]
+		return l, nil
+	}
+	return Layout{}, fmt.Errorf("no layout for the %s runner: %v; %v", gen, err, derr)
+}
+
+type structReader func(name, pkgPath string) (gobin.Struct, error)
+
+func fromBinary(b *gobin.Binary, gen Generation, read structReader, source string) (Layout, error) {
+	l := Layout{Generation: gen, Source: source}
+	pkg, name := AsyncPkg, "async.BoundedFrequencyRunner"
+	if gen == Runner {
+		pkg, name = RunnerPkg, "runner.BoundedFrequencyRunner"
+	}
+	r, err := read(name, pkg)
+	if err != nil {
+		return l, err
+	}
+	l.RunnerSize = r.Size
+	need := map[string]*uint64{"name": &l.Name, "minInterval": &l.MinInterval, "maxInterval": &l.MaxInterval, "run": &l.Run, "fn": &l.Fn}
+	if gen == Runner {
+		need["retryInterval"] = &l.RetryInterval
+	} else {
+		need["limiter"] = &l.Limiter
+	}
+	if err := offsets(r, need); err != nil {
+		return l, err
+	}
+	if gen == Runner {
+		return l, nil
+	}
+	tb, err := read("flowcontrol.tokenBucketRateLimiter", FlowcontrolPkg)
+	if err != nil {
+		return l, err
+	}
+	passive, err := read("flowcontrol.tokenBucketPassiveRateLimiter", FlowcontrolPkg)
+	if err == nil {
+		// client-go ≥ v0.23 embeds the passive limiter, which holds the fields.
+		var embed uint64
+		if err := offsets(tb, map[string]*uint64{"tokenBucketPassiveRateLimiter": &embed}); err != nil {
+			return l, err
+		}
+		if err := offsets(passive, map[string]*uint64{"limiter": &l.TBLimiter, "qps": &l.TBQPS}); err != nil {
+			return l, err
+		}
+		l.TBLimiter += embed
+		l.TBQPS += embed
+	} else if err := offsets(tb, map[string]*uint64{"limiter": &l.TBLimiter, "qps": &l.TBQPS}); err != nil {
+		return l, err
+	}
+	l.TokenBucketType = tb.Addr
+	rl, err := read("rate.Limiter", RatePkg)
+	if err != nil {
+		return l, err
+	}
+	return l, offsets(rl, map[string]*uint64{"limit": &l.RateLimit, "burst": &l.RateBurst})
+}
+
+func offsets(s gobin.Struct, need map[string]*uint64) error {
+	for name, dst := range need {
+		f, ok := s.Field(name)
+		if !ok {
+			return fmt.Errorf("%s has no field %s: a layout kptune does not know", s.Name, name)
+		}
+		*dst = f.Offset
+	}
+	return nil
+}
+
+// builtin is the last resort, for 64-bit builds whose descriptors and DWARF cannot be read: the
+// layouts of the two generations, as every release so far has them.
+var builtin = map[Generation]Layout{
+	Async: {Generation: Async, Source: "built-in table", RunnerSize: 152,
+		Name: 0, MinInterval: 16, MaxInterval: 24, Run: 32, Fn: 48, Limiter: 96,
+		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16},
+	Runner: {Generation: Runner, Source: "built-in table", RunnerSize: 104,
+		Name: 0, MinInterval: 16, RetryInterval: 24, MaxInterval: 32, Run: 40, Fn: 48},
+}
+
+// Builtin returns the built-in layout of a generation.
+func Builtin(gen Generation) Layout { return builtin[gen] }

@@ -1,0 +1,242 @@
+package locate
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"time"
+
+	"kptune/internal/gobin"
+	"kptune/internal/memory"
+	"kptune/internal/procfs"
+)
+
+// RunnerName is the name every proxier gives its runner.
+const RunnerName = "sync-runner"
+
+// Found is one runner instance and the values it lives by.
+type Found struct {
+	Address       uint64
+	MinInterval   time.Duration
+	MaxInterval   time.Duration
+	RetryInterval time.Duration // new generation
+	// Old generation: the token bucket.
+	QPS       float32
+	Limit     float64
+	Burst     int64
+	LimitAddr uint64 // the rate.Limiter
+	QPSAddr   uint64 // the float32 qps copy
+	Patchable bool
+	Reason    string
+}
+
+// Target is what the scan needs of a process.
+type Target struct {
+	Mem    memory.Reader
+	Maps   []procfs.Mapping
+	Bias   uint64 // load bias of the executable (PIE), 0 otherwise
+	Binary *gobin.Binary
+	Layout Layout
+}
+
+// chunk bounds each read of the target's memory.
+const chunk = 1 << 20
+
+// LoadBias computes where a PIE executable was loaded, from the mapping of its first page.
+func LoadBias(b *gobin.Binary, maps []procfs.Mapping, exeInode uint64) (uint64, error) {
+	if !b.PIE {
+		return 0, nil
+	}
+	var first *elf.Prog
+	for _, p := range b.ELF.Progs {
+		if p.Type == elf.PT_LOAD && p.Off == 0 {
+			first = p
+			break
+		}
+	}
+	if first == nil {
+		return 0, errors.New("PIE executable without a PT_LOAD at file offset 0")
+	}
+	for _, m := range maps {
+		if m.Inode == exeInode && m.Offset == 0 {
+			return m.Start - first.Vaddr, nil
+		}
+	}
+	return 0, errors.New("the executable's first page is not mapped: cannot compute the PIE load bias")
+}
+
+// nameAddrs returns the addresses (in the file's image) of the bytes "sync-runner" in the
+// executable's read-only data: a runner's name header points at one of them.
+func nameAddrs(b *gobin.Binary) []uint64 {
+	var out []uint64
+	for _, s := range b.ELF.Sections {
+		if s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_WRITE != 0 || s.Flags&elf.SHF_EXECINSTR != 0 || s.Type == elf.SHT_NOBITS {
+			continue
+		}
+		data, err := s.Data()
+		if err != nil {
+			continue
+		}
+		for i := 0; ; {
+			j := bytes.Index(data[i:], []byte(RunnerName))
+			if j < 0 {
+				break
+			}
+			out = append(out, s.Addr+uint64(i+j))
+			i += j + 1
+		}
+	}
+	return out
+}
+
+// Scan reads every private writable mapping of the target and returns the runners it validates.
+func Scan(t Target) ([]Found, error) {
+	names := nameAddrs(t.Binary)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("the string %q is not in the executable: not a kube-proxy", RunnerName)
+	}
+	want := map[uint64]bool{}
+	for _, a := range names {
+		want[a+t.Bias] = true
+	}
+	le := binary.LittleEndian
+	var found []Found
+	seen := map[uint64]bool{}
+	buf := make([]byte, chunk+16)
+	for _, m := range t.Maps {
+		if len(m.Perms) < 4 || m.Perms[0] != 'r' || m.Perms[1] != 'w' || m.Perms[3] != 'p' {
+			continue
+		}
+		for base := m.Start; base < m.End; base += chunk {
+			n := min(uint64(chunk+16), m.End-base)
+			if err := t.Mem.ReadAt(buf[:n], base); err != nil {
+				if errors.Is(err, os.ErrProcessDone) {
+					return nil, err
+				}
+				continue
+			}
+			for off := uint64(0); off+16 <= n && off < chunk; off += 8 {
+				if le.Uint64(buf[off+8:]) != uint64(len(RunnerName)) || !want[le.Uint64(buf[off:])] {
+					continue
+				}
+				addr := base + off - t.Layout.Name
+				if seen[addr] {
+					continue
+				}
+				if f, ok := validate(t, addr); ok {
+					seen[addr] = true
+					found = append(found, f)
+				}
+			}
+		}
+	}
+	return found, nil
+}
+
+// plausible bounds a duration field: kube-proxy validates its periods as non-negative, and none is
+// longer than a day in practice (the longest default is 1h).
+func plausible(d int64) bool { return d >= 0 && d <= int64(1000*time.Hour) }
+
+// validate checks the runner signature at addr and reads its values.
+func validate(t Target, addr uint64) (Found, bool) {
+	l := t.Layout
+	r := make([]byte, l.RunnerSize)
+	if t.Mem.ReadAt(r, addr) != nil {
+		return Found{}, false
+	}
+	le := binary.LittleEndian
+	word := func(off uint64) uint64 { return le.Uint64(r[off:]) }
+	f := Found{Address: addr, MinInterval: time.Duration(word(l.MinInterval)), MaxInterval: time.Duration(word(l.MaxInterval))}
+	if !plausible(int64(f.MinInterval)) || !plausible(int64(f.MaxInterval)) || f.MaxInterval == 0 || f.MaxInterval < f.MinInterval {
+		return Found{}, false
+	}
+	if word(l.Fn) == 0 || !runChannel(t.Mem, word(l.Run)) {
+		return Found{}, false
+	}
+	if l.Generation == Runner {
+		f.RetryInterval = time.Duration(word(l.RetryInterval))
+		if f.RetryInterval <= 0 || !plausible(int64(f.RetryInterval)) {
+			return Found{}, false
+		}
+		f.Patchable = true
+		return f, true
+	}
+	return limiter(t, f, word(l.Limiter), word(l.Limiter+8))
+}
+
+// runChannel checks that p is the runner's `run` channel: make(chan struct{}, 1), so its hchan has
+// qcount ≤ 1, dataqsiz 1 and elemsize 0 (hchan: qcount, dataqsiz, buf, elemsize uint16, ...).
+func runChannel(mem memory.Reader, p uint64) bool {
+	if p == 0 {
+		return false
+	}
+	var h [26]byte
+	if mem.ReadAt(h[:], p) != nil {
+		return false
+	}
+	le := binary.LittleEndian
+	return le.Uint64(h[0:]) <= 1 && le.Uint64(h[8:]) == 1 && le.Uint16(h[24:]) == 0
+}
+
+// limiter follows the old generation's rateLimiter interface (itab, data) to the token bucket.
+func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
+	if tab == 0 {
+		return Found{}, false
+	}
+	var itab [16]byte
+	if t.Mem.ReadAt(itab[:], tab) != nil {
+		return Found{}, false
+	}
+	le := binary.LittleEndian
+	typ := le.Uint64(itab[8:]) - t.Bias // the dynamic type's descriptor, in the file's image
+	name, err := t.Binary.TypeName(typ)
+	if err != nil {
+		return Found{}, false
+	}
+	switch name {
+	case "async.nullLimiter":
+		if f.MinInterval != 0 {
+			return Found{}, false
+		}
+		f.Reason = "started with a minimum sync period of 0: its limiter is a no-op with no rate to retune; restart it once with a non-zero period"
+		return f, true
+	case "*flowcontrol.tokenBucketRateLimiter":
+	default:
+		return Found{}, false
+	}
+	var tb [16]byte
+	if data == 0 || t.Mem.ReadAt(tb[:], data+t.Layout.TBLimiter) != nil {
+		return Found{}, false
+	}
+	rl := le.Uint64(tb[:])
+	var qps [4]byte
+	if t.Mem.ReadAt(qps[:], data+t.Layout.TBQPS) != nil {
+		return Found{}, false
+	}
+	f.QPS = math.Float32frombits(le.Uint32(qps[:]))
+	f.QPSAddr = data + t.Layout.TBQPS
+	var lim [8]byte
+	var burst [8]byte
+	if rl == 0 || t.Mem.ReadAt(lim[:], rl+t.Layout.RateLimit) != nil || t.Mem.ReadAt(burst[:], rl+t.Layout.RateBurst) != nil {
+		return Found{}, false
+	}
+	f.Limit = math.Float64frombits(le.Uint64(lim[:]))
+	f.Burst = int64(le.Uint64(burst[:]))
+	f.LimitAddr = rl
+	if f.Limit != float64(f.QPS) || f.Burst < 1 || f.Burst > 1<<20 || f.QPS <= 0 {
+		return Found{}, false
+	}
+	f.Patchable = true
+	if want := QPSFor(f.MinInterval); f.QPS != want {
+		f.Reason = fmt.Sprintf("qps %v does not match minInterval %v (want %v): changed by something other than a restart", f.QPS, f.MinInterval, want)
+	}
+	return f, true
+}
+
+// QPSFor is what the old generation's constructor computes for a period:
+// float32(time.Second) / float32(minInterval).
+func QPSFor(d time.Duration) float32 { return float32(time.Second) / float32(d) }

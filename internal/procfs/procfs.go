@@ -1,0 +1,141 @@
+// Package procfs discovers processes and their memory mappings through /proc.
+//
+// kptune reads a target's executable through /proc/PID/exe, never by its path: from a container with
+// hostPID the path names a file of another mount namespace, and a replaced binary on disk is not the
+// one running. A process is identified by its PID and its start time (field 22 of
+// /proc/PID/stat, in clock ticks since boot), so a PID reused by a new process is told apart.
+package procfs
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Root is where procfs is mounted; tests and containers may point it elsewhere.
+var Root = "/proc"
+
+// ErrGone is returned when a process no longer exists.
+var ErrGone = errors.New("process no longer exists")
+
+// Process is one process of the host.
+type Process struct {
+	PID       int
+	StartTime uint64 // clock ticks since boot
+	Comm      string
+	Cmdline   []string
+}
+
+// Exe is the path through which the process's executable can be read.
+func (p Process) Exe() string { return filepath.Join(Root, strconv.Itoa(p.PID), "exe") }
+
+// Get reads one process.
+func Get(pid int) (Process, error) {
+	dir := filepath.Join(Root, strconv.Itoa(pid))
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if errors.Is(err, os.ErrNotExist) {
+		return Process{}, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	} else if err != nil {
+		return Process{}, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	p := Process{PID: pid}
+	// comm is in parentheses and may hold spaces or parentheses itself: split at the last ')'.
+	open, close := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || close < open {
+		return Process{}, fmt.Errorf("pid %d: malformed stat", pid)
+	}
+	p.Comm = string(stat[open+1 : close])
+	fields := strings.Fields(string(stat[close+1:]))
+	// fields[0] is field 3 (state); start time is field 22.
+	if len(fields) < 20 {
+		return Process{}, fmt.Errorf("pid %d: short stat", pid)
+	}
+	if p.StartTime, err = strconv.ParseUint(fields[19], 10, 64); err != nil {
+		return Process{}, fmt.Errorf("pid %d: start time: %w", pid, err)
+	}
+	if cmd, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
+		for _, a := range bytes.Split(bytes.TrimRight(cmd, "\x00"), []byte{0}) {
+			p.Cmdline = append(p.Cmdline, string(a))
+		}
+	}
+	return p, nil
+}
+
+// List returns every process whose stat is readable.
+func List() ([]Process, error) {
+	ents, err := os.ReadDir(Root)
+	if err != nil {
+		return nil, err
+	}
+	var out []Process
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if p, err := Get(pid); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Mapping is one line of /proc/PID/maps.
+type Mapping struct {
+	Start, End uint64
+	Perms      string // "rw-p"
+	Offset     uint64
+	Inode      uint64
+	Path       string // "" for anonymous memory
+}
+
+// Maps reads the memory mappings of a process.
+func Maps(pid int) ([]Mapping, error) {
+	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	} else if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Mapping
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 5 {
+			continue
+		}
+		var m Mapping
+		se := strings.SplitN(fs[0], "-", 2)
+		if len(se) != 2 {
+			return nil, fmt.Errorf("pid %d: malformed maps line %q", pid, sc.Text())
+		}
+		m.Start, err = strconv.ParseUint(se[0], 16, 64)
+		if err == nil {
+			m.End, err = strconv.ParseUint(se[1], 16, 64)
+		}
+		if err == nil {
+			m.Offset, err = strconv.ParseUint(fs[2], 16, 64)
+		}
+		if err == nil {
+			m.Inode, err = strconv.ParseUint(fs[4], 10, 64)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: malformed maps line %q", pid, sc.Text())
+		}
+		m.Perms = fs[1]
+		if len(fs) >= 6 {
+			m.Path = strings.Join(fs[5:], " ")
+		}
+		out = append(out, m)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("pid %d: no memory mappings (a kernel thread, or the process has exited)", pid)
+	}
+	return out, sc.Err()
+}
