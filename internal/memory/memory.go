@@ -55,4 +55,3 @@ func (b Bytes) ReadAt(p []byte, addr uint64) error {
 	copy(p, b.Data[addr-b.Base:])
 	return nil
 }
-

@@ -205,4 +205,3 @@ func MissingServices(rules string, services int) []string {
 	}
 	return missing
 }
-
