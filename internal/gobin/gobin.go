@@ -147,7 +147,7 @@ func (b *Binary) pclntab() ([]byte, uint64, error) {
 	return nil, 0, errors.New("no .gopclntab section: the function table is missing")
 }
 
-// Funcs names the functions of the binary.
+// Func returns the entry and end addresses (in the file's image) of the named function.
 func (b *Binary) Func(name string) (entry, end uint64, ok bool) {
 	f := b.table.LookupFunc(name)
 	if f == nil {

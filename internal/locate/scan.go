@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"time"
 
 	"kptune/internal/gobin"
@@ -114,10 +113,10 @@ func Scan(t Target) ([]Found, error) {
 		for base := m.Start; base < m.End; base += chunk {
 			n := min(uint64(chunk+16), m.End-base)
 			if err := t.Mem.ReadAt(buf[:n], base); err != nil {
-				if errors.Is(err, os.ErrProcessDone) {
+				if errors.Is(err, memory.ErrExited) || errors.Is(err, memory.ErrPermission) {
 					return nil, err
 				}
-				continue
+				continue // a page unmapped since the maps were read
 			}
 			for off := uint64(0); off+16 <= n && off < chunk; off += 8 {
 				if le.Uint64(buf[off+8:]) != uint64(len(RunnerName)) || !want[le.Uint64(buf[off:])] {

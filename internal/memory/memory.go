@@ -10,6 +10,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Errors a read can end with, besides a fault at an unmapped address.
+var (
+	ErrExited     = errors.New("the process has exited")
+	ErrPermission = errors.New("permission denied: run as root or with CAP_SYS_PTRACE")
+)
+
 // Reader reads memory at virtual addresses of a target.
 type Reader interface {
 	// ReadAt fills p from addr; a short read returns an error.
@@ -30,9 +36,9 @@ func (m Process) ReadAt(p []byte, addr uint64) error {
 	n, err := unix.ProcessVMReadv(m.PID, local, remote, 0)
 	switch {
 	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("read memory of pid %d: the process has exited", m.PID)
+		return fmt.Errorf("read memory of pid %d: %w", m.PID, ErrExited)
 	case errors.Is(err, syscall.EPERM):
-		return fmt.Errorf("read memory of pid %d: permission denied: run as root or with CAP_SYS_PTRACE", m.PID)
+		return fmt.Errorf("read memory of pid %d: %w", m.PID, ErrPermission)
 	case err != nil:
 		return fmt.Errorf("read memory of pid %d at %#x: %w", m.PID, addr, err)
 	case n != len(p):
