@@ -33,8 +33,9 @@ test-unit:
 	$(GO) test -count=1 ./internal/...
 
 # The whole version and build matrix (long: about 7 minutes a cold build).
-test-matrix: setup
-	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./test/testbed/
+test-matrix:
+	./test/setup.sh --matrix
+	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/inspect/
 
 demo: setup
 	$(GO) run ./test/cmd/testbed demo

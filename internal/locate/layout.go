@@ -85,6 +85,15 @@ func LayoutOf(b *gobin.Binary) (Layout, error) {
 	return Layout{}, fmt.Errorf("no layout for the %s runner: %v; %v", gen, err, derr)
 }
 
+// LayoutFromDWARF reads the layout from DWARF only: the ground truth of unstripped builds.
+func LayoutFromDWARF(b *gobin.Binary) (Layout, error) {
+	gen, err := DetectGeneration(b)
+	if err != nil {
+		return Layout{}, err
+	}
+	return fromBinary(b, gen, b.DWARFStruct, "DWARF")
+}
+
 type structReader func(name, pkgPath string) (gobin.Struct, error)
 
 func fromBinary(b *gobin.Binary, gen Generation, read structReader, source string) (Layout, error) {

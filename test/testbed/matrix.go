@@ -19,6 +19,7 @@ func (t Target) String() string {
 // generations, stripped (as released), PIE, cgo, unstripped (DWARF ground truth), and older Go
 // toolchains, in iptables, nftables and dual-stack mode.
 var Matrix = []Target{
+	{Build: Build{Version: "v1.24.17", Go: "/usr/lib/go-1.19/bin/go"}, Mode: IPTables},
 	{Build: Build{Version: "v1.29.15"}, Mode: NFTables},
 	{Build: Build{Version: "v1.29.15", Go: "go1.22.12"}, Mode: IPTables},
 	{Build: Build{Version: "v1.31.9"}, Mode: IPTables, DualStack: true},

@@ -1,0 +1,65 @@
+package locate
+
+import (
+	"context"
+	"testing"
+
+	"kptune/internal/gobin"
+	"kptune/test/testbed"
+)
+
+// TestLayoutSourcesAgree checks, on fixtures of both generations, that the layout read from type
+// descriptors equals the built-in table and, on unstripped builds, the layout read from DWARF.
+func TestLayoutSourcesAgree(t *testing.T) {
+	for _, tc := range []struct {
+		build   testbed.Build
+		fixture string
+		gen     Generation
+	}{
+		{testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, Async},
+		{testbed.Build{Version: "v1.33.5", Debug: true}, testbed.AsyncRunner, Async},
+		{testbed.Build{Version: "v1.33.5", PIE: true, Debug: true}, testbed.AsyncRunner, Async},
+		{testbed.Build{Version: "v1.33.5", CGO: true, Debug: true}, testbed.AsyncRunner, Async},
+		{testbed.Build{Version: "v1.37.2"}, testbed.ProxyRunner, Runner},
+		{testbed.Build{Version: "v1.37.2", Debug: true}, testbed.ProxyRunner, Runner},
+	} {
+		t.Run(tc.build.String(), func(t *testing.T) {
+			path, err := tc.build.Fixture(context.Background(), tc.fixture)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := gobin.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			l, err := LayoutOf(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Generation != tc.gen || l.Source != "type descriptors" || l.TokenBucketType == 0 && tc.gen == Async {
+				t.Fatalf("generation %s from %s (token bucket type %#x)", l.Generation, l.Source, l.TokenBucketType)
+			}
+			table := Builtin(tc.gen)
+			got := l
+			got.Source, table.Source, got.TokenBucketType = "", "", 0
+			if got != table {
+				t.Errorf("type descriptors and built-in table differ:\n%+v\n%+v", got, table)
+			}
+			d, err := LayoutFromDWARF(b)
+			if !tc.build.Debug {
+				if err == nil {
+					t.Errorf("a stripped build gave a DWARF layout")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.Source, d.TokenBucketType = "", 0
+			if d != got {
+				t.Errorf("type descriptors and DWARF differ:\n%+v\n%+v", got, d)
+			}
+		})
+	}
+}
