@@ -24,7 +24,7 @@ func NewCommand(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(newVersionCommand(), newInspectCommand())
+	root.AddCommand(newVersionCommand(), newInspectCommand(), newSetCommand(), newResetCommand())
 	return root
 }
 

@@ -88,30 +88,41 @@ func All() (Report, error) {
 	return r, nil
 }
 
-// PID inspects one process, which must be a kube-proxy.
-func PID(pid int) (Process, error) {
+// Open opens the executable of process pid and checks that it is a kube-proxy, with a one-line
+// error that says what to do otherwise.
+func Open(pid int) (procfs.Process, *gobin.Binary, error) {
 	p, err := procfs.Get(pid)
 	if err != nil {
 		if errors.Is(err, procfs.ErrGone) {
-			return Process{}, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
+			return p, nil, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
 		}
-		return Process{}, err
+		return p, nil, err
 	}
 	b, err := gobin.Open(p.Exe())
 	switch {
 	case errors.Is(err, os.ErrPermission):
-		return Process{}, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
+		return p, nil, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
 	case errors.Is(err, gobin.ErrNotGo):
-		return Process{}, fmt.Errorf("pid %d (%s) is not a Go program, so not a kube-proxy: pick a kube-proxy PID", pid, p.Comm)
+		return p, nil, fmt.Errorf("pid %d (%s) is not a Go program, so not a kube-proxy: pick a kube-proxy PID", pid, p.Comm)
 	case errors.Is(err, os.ErrNotExist):
-		return Process{}, fmt.Errorf("pid %d (%s) has no readable executable (a kernel thread, or it exited): pick a kube-proxy PID", pid, p.Comm)
+		return p, nil, fmt.Errorf("pid %d (%s) has no readable executable (a kernel thread, or it exited): pick a kube-proxy PID", pid, p.Comm)
 	case err != nil:
-		return Process{}, fmt.Errorf("pid %d (%s): %w", pid, p.Comm, err)
+		return p, nil, fmt.Errorf("pid %d (%s): %w", pid, p.Comm, err)
+	}
+	if !IsKubeProxy(b, p) {
+		b.Close()
+		return p, nil, fmt.Errorf("pid %d (%s) is the Go program %s, not a kube-proxy: pick a kube-proxy PID", pid, p.Comm, b.Build.Path)
+	}
+	return p, b, nil
+}
+
+// PID inspects one process, which must be a kube-proxy.
+func PID(pid int) (Process, error) {
+	p, b, err := Open(pid)
+	if err != nil {
+		return Process{}, err
 	}
 	defer b.Close()
-	if !IsKubeProxy(b, p) {
-		return Process{}, fmt.Errorf("pid %d (%s) is the Go program %s, not a kube-proxy: pick a kube-proxy PID", pid, p.Comm, b.Build.Path)
-	}
 	out := inspect(p, b)
 	if out.Error != "" {
 		return out, errors.New(out.Error)
@@ -137,35 +148,44 @@ func inspect(p procfs.Process, b *gobin.Binary) Process {
 	return out
 }
 
-// Locate finds the runners of process pid, whose executable b is.
-func Locate(pid int, b *gobin.Binary) ([]locate.Found, locate.Layout, error) {
+// Target prepares the scan of process pid, whose executable b is: its layout, mappings and load bias.
+func Target(pid int, b *gobin.Binary) (locate.Target, error) {
 	l, err := locate.LayoutOf(b)
 	if err != nil {
-		return nil, l, err
+		return locate.Target{}, err
 	}
 	maps, err := procfs.Maps(pid)
 	if err != nil {
-		return nil, l, err
+		return locate.Target{Layout: l}, err
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st); err != nil {
-		return nil, l, fmt.Errorf("stat executable: %w", err)
+		return locate.Target{Layout: l}, fmt.Errorf("stat executable: %w", err)
 	}
 	bias, err := locate.LoadBias(b, maps, st.Ino)
 	if err != nil {
-		return nil, l, err
+		return locate.Target{Layout: l}, err
 	}
-	found, err := locate.Scan(locate.Target{Mem: memory.Process{PID: pid}, Maps: maps, Bias: bias, Binary: b, Layout: l})
+	return locate.Target{Mem: memory.Process{PID: pid}, Maps: maps, Bias: bias, Binary: b, Layout: l}, nil
+}
+
+// Locate finds the runners of process pid, whose executable b is.
+func Locate(pid int, b *gobin.Binary) ([]locate.Found, locate.Layout, error) {
+	t, err := Target(pid, b)
 	if err != nil {
-		return nil, l, err
+		return nil, t.Layout, err
+	}
+	found, err := locate.Scan(t)
+	if err != nil {
+		return nil, t.Layout, err
 	}
 	if len(found) == 0 {
 		if _, gerr := procfs.Get(pid); gerr != nil {
-			return nil, l, fmt.Errorf("the process exited during the scan")
+			return nil, t.Layout, fmt.Errorf("the process exited during the scan")
 		}
-		return nil, l, errors.New("no sync runner found in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)")
+		return nil, t.Layout, errors.New("no sync runner found in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)")
 	}
-	return found, l, nil
+	return found, t.Layout, nil
 }
 
 func toRunner(f locate.Found, gen locate.Generation) Runner {

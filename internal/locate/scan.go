@@ -239,3 +239,17 @@ func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
 // QPSFor is what the old generation's constructor computes for a period:
 // float32(time.Second) / float32(minInterval).
 func QPSFor(d time.Duration) float32 { return float32(time.Second) / float32(d) }
+
+// Revalidate checks that the runner found earlier is still at its address with the same signature
+// and the same values.
+func Revalidate(t Target, f Found) error {
+	got, ok := validate(t, f.Address)
+	if !ok {
+		return fmt.Errorf("runner %#x no longer has a runner's signature", f.Address)
+	}
+	if got != f {
+		return fmt.Errorf("runner %#x changed since it was read (min %v → %v, qps %v → %v, burst %d → %d)",
+			f.Address, f.MinInterval, got.MinInterval, f.QPS, got.QPS, f.Burst, got.Burst)
+	}
+	return nil
+}

@@ -61,3 +61,24 @@ func (b Bytes) ReadAt(p []byte, addr uint64) error {
 	copy(p, b.Data[addr-b.Base:])
 	return nil
 }
+
+// WriteAt writes p at addr with process_vm_writev(2); a short write returns an error.
+func (m Process) WriteAt(p []byte, addr uint64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &p[0], Len: uint64(len(p))}}
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(p)}}
+	n, err := unix.ProcessVMWritev(m.PID, local, remote, 0)
+	switch {
+	case errors.Is(err, syscall.ESRCH):
+		return fmt.Errorf("write memory of pid %d: %w", m.PID, ErrExited)
+	case errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("write memory of pid %d: %w", m.PID, ErrPermission)
+	case err != nil:
+		return fmt.Errorf("write memory of pid %d at %#x: %w", m.PID, addr, err)
+	case n != len(p):
+		return fmt.Errorf("write memory of pid %d at %#x: short write (%d of %d bytes)", m.PID, addr, n, len(p))
+	}
+	return nil
+}

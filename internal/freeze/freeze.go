@@ -1,0 +1,207 @@
+// Package freeze stops every thread of a process for as short a time as possible, so that kptune can
+// re-validate and write a runner while nothing in the process runs.
+//
+// It uses PTRACE_SEIZE and PTRACE_INTERRUPT on each thread, all from one locked OS thread (ptrace
+// binds a tracee to the tracing thread). SEIZE, unlike ATTACH, sends no SIGSTOP: if kptune dies at any
+// moment, even by SIGKILL, the kernel detaches its tracees and they run on, because a thread in a
+// ptrace event-stop is not in a group-stop. A thread that was about to receive a signal (Go's
+// preemption signal SIGURG, most often) stops in signal-delivery-stop instead; the signal is handed
+// back to it when it is detached. Threads created while the stop is being taken are seized in turn,
+// until the thread list is stable: a stopped thread cannot create another.
+package freeze
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kptune/internal/procfs"
+)
+
+// ErrTraced is returned when another tracer (a debugger) already holds the process.
+var ErrTraced = errors.New("the process is already traced (a debugger?): detach it first")
+
+// Stats describe one stop.
+type Stats struct {
+	Threads int
+	// Stopped is how long the first thread was stopped before the last was released: the longest
+	// any thread of the process was held.
+	Stopped time.Duration
+}
+
+// Do stops every thread of pid, runs fn, and releases them, whatever fn returns. fn runs on the
+// tracing OS thread and must not block for long.
+func Do(pid int, fn func() error) (Stats, error) {
+	type result struct {
+		st  Stats
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// The thread stays locked to the end: a ptrace tracer is an OS thread, and this one exits with
+		// the goroutine, which also drops any tracee a failed detach left behind.
+		runtime.LockOSThread()
+		st, err := do(pid, fn)
+		res <- result{st, err}
+	}()
+	r := <-res
+	return r.st, r.err
+}
+
+type tracee struct {
+	tid     int
+	stopped bool
+	sig     syscall.Signal // a signal to hand back on detach
+}
+
+func do(pid int, fn func() error) (st Stats, err error) {
+	seized := map[int]*tracee{}
+	var first time.Time
+	defer func() {
+		for _, t := range seized {
+			if derr := detach(t); derr != nil && !errors.Is(derr, unix.ESRCH) && err == nil {
+				err = fmt.Errorf("release thread %d: %w", t.tid, derr)
+			}
+		}
+		if !first.IsZero() {
+			st.Stopped = time.Since(first)
+		}
+		st.Threads = len(seized)
+	}()
+	for round := 0; ; round++ {
+		tids, err := threads(pid)
+		if err != nil {
+			return st, err
+		}
+		added := 0
+		for _, tid := range tids {
+			if seized[tid] != nil {
+				continue
+			}
+			if err := unix.PtraceSeize(tid); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue // the thread exited
+				}
+				if errors.Is(err, unix.EPERM) {
+					if traced(pid) {
+						return st, ErrTraced
+					}
+					return st, fmt.Errorf("seize thread %d: permission denied: run as root or with CAP_SYS_PTRACE", tid)
+				}
+				return st, fmt.Errorf("seize thread %d: %w", tid, err)
+			}
+			t := &tracee{tid: tid}
+			seized[tid] = t
+			if first.IsZero() {
+				first = time.Now()
+			}
+			if err := unix.PtraceInterrupt(tid); err != nil && !errors.Is(err, unix.ESRCH) {
+				return st, fmt.Errorf("interrupt thread %d: %w", tid, err)
+			}
+			added++
+		}
+		for _, t := range seized {
+			if !t.stopped {
+				if err := wait(t); err != nil {
+					return st, err
+				}
+			}
+		}
+		if added == 0 {
+			break
+		}
+		if round > 100 {
+			return st, errors.New("the process keeps creating threads: try again")
+		}
+	}
+	return st, fn()
+}
+
+// wait waits for a seized thread's first ptrace-stop.
+func wait(t *tracee) error {
+	for {
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(t.tid, &ws, unix.WALL, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ECHILD) {
+			t.stopped = true // it exited
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("wait for thread %d: %w", t.tid, err)
+		}
+		switch {
+		case ws.Exited() || ws.Signaled():
+			t.stopped = true
+			return nil
+		case ws.Stopped():
+			t.stopped = true
+			// PTRACE_INTERRUPT stops report PTRACE_EVENT_STOP in bits 16-23, and so do group-stops of a
+			// seized thread (whose signal is already delivered). A stop with no event is a signal on
+			// its way to the thread: keep it to hand back on detach.
+			if uint32(ws)>>16 == 0 {
+				t.sig = ws.StopSignal()
+			}
+			return nil
+		}
+	}
+}
+
+func detach(t *tracee) error {
+	_, _, errno := unix.RawSyscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(t.tid), 0, uintptr(t.sig), 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+func threads(pid int) ([]int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("%s/%d/task", procfs.Root, pid))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
+		}
+		return nil, err
+	}
+	var tids []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	if len(tids) == 0 {
+		return nil, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
+	}
+	sort.Ints(tids)
+	return tids, nil
+}
+
+// traced reports whether another process traces pid (TracerPid in /proc/PID/status).
+func traced(pid int) bool {
+	s, err := TracerPID(pid)
+	return err == nil && s != 0
+}
+
+// TracerPID reads TracerPid from /proc/PID/status.
+func TracerPID(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("%s/%d/status", procfs.Root, pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("no TracerPid in status")
+}

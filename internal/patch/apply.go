@@ -1,0 +1,103 @@
+package patch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"kptune/internal/freeze"
+	"kptune/internal/locate"
+	"kptune/internal/memory"
+	"kptune/internal/procfs"
+)
+
+// Target is the process to write to, as it was when its runners were located.
+type Target struct {
+	PID       int
+	StartTime uint64
+	ExeDev    uint64 // device and inode of its executable: an exec keeps pid and start time
+	ExeIno    uint64
+	Locate    locate.Target
+	// Hold keeps the process stopped this long before releasing it: a fault-injection aid for tests
+	// that kill kptune inside the stop.
+	Hold time.Duration
+}
+
+// RunnerWrites are the writes planned for one runner.
+type RunnerWrites struct {
+	Found  locate.Found
+	Writes []Write
+}
+
+// ExeID returns the device and inode of a process's executable.
+func ExeID(pid int) (dev, ino uint64, err error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st); err != nil {
+		return 0, 0, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
+	}
+	return st.Dev, st.Ino, nil
+}
+
+// Apply stops the process, checks that it is the same process running the same binary, that every
+// runner still has its signature and the values it was planned from, writes, reads every write back,
+// and releases the process. On any difference nothing is written (or what was written is restored).
+func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
+	mem, ok := t.Locate.Mem.(memory.Process)
+	if !ok {
+		return freeze.Stats{}, errors.New("apply needs a live process")
+	}
+	return freeze.Do(t.PID, func() error {
+		p, err := procfs.Get(t.PID)
+		if err != nil || p.StartTime != t.StartTime {
+			return fmt.Errorf("pid %d is no longer the process that was inspected (it exited or restarted): nothing written; run kptune again", t.PID)
+		}
+		if dev, ino, err := ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
+			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again", t.PID)
+		}
+		for _, rw := range rws {
+			if err := locate.Revalidate(t.Locate, rw.Found); err != nil {
+				return fmt.Errorf("%w: nothing written; run kptune again", err)
+			}
+			for _, w := range rw.Writes {
+				cur := make([]byte, len(w.Old))
+				if err := mem.ReadAt(cur, w.Addr); err != nil {
+					return err
+				}
+				if !bytes.Equal(cur, w.Old) {
+					return fmt.Errorf("runner %#x: %s changed since it was read: nothing written; run kptune again", rw.Found.Address, w.Field)
+				}
+			}
+		}
+		var done []Write
+		err = func() error {
+			for _, rw := range rws {
+				for _, w := range rw.Writes {
+					if err := mem.WriteAt(w.New, w.Addr); err != nil {
+						return err
+					}
+					done = append(done, w)
+					back := make([]byte, len(w.New))
+					if err := mem.ReadAt(back, w.Addr); err != nil {
+						return err
+					}
+					if !bytes.Equal(back, w.New) {
+						return fmt.Errorf("runner %#x: %s read back %x after writing %x", rw.Found.Address, w.Field, back, w.New)
+					}
+				}
+			}
+			return nil
+		}()
+		if err != nil {
+			for i := len(done) - 1; i >= 0; i-- {
+				_ = mem.WriteAt(done[i].Old, done[i].Addr)
+			}
+			return fmt.Errorf("write failed, previous values restored: %w", err)
+		}
+		if t.Hold > 0 {
+			time.Sleep(t.Hold)
+		}
+		return nil
+	})
+}

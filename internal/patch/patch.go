@@ -1,0 +1,142 @@
+// Package patch computes and applies the in-place change of a sync runner: exactly what kube-proxy's
+// constructor would have computed for the new period, written inside one short stop of the process
+// after every invariant has been checked again.
+//
+// For the old generation (k8s ≤ 1.33) the constructor computes
+//
+//	qps := float32(time.Second) / float32(minInterval)
+//	rate.NewLimiter(rate.Limit(qps), burst)   // limit = float64(qps)
+//
+// so a retune writes minInterval, the token bucket's float32 qps and the rate.Limiter's float64
+// limit (and burst when asked). Changing minInterval alone would not change the rate. The new
+// generation (k8s ≥ 1.34) re-reads minInterval after every run: minInterval (and retryInterval,
+// maxInterval when asked) is all there is.
+package patch
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"kptune/internal/locate"
+)
+
+// Change is what to set; nil fields stay as they are.
+type Change struct {
+	MinInterval   *time.Duration
+	Burst         *int64         // old generation
+	RetryInterval *time.Duration // new generation
+	MaxInterval   *time.Duration // new generation: the full-sync period
+}
+
+// Write is one field to change.
+type Write struct {
+	Field    string
+	Addr     uint64
+	Old, New []byte
+}
+
+// Values are a runner's tuned fields.
+type Values struct {
+	MinInterval   time.Duration `json:"minInterval"`
+	MaxInterval   time.Duration `json:"maxInterval"`
+	RetryInterval time.Duration `json:"retryInterval,omitempty"`
+	QPS           float32       `json:"qps,omitempty"`
+	Limit         float64       `json:"limit,omitempty"`
+	Burst         int64         `json:"burst,omitempty"`
+}
+
+// MarshalJSON writes durations as Go duration strings ("1s", "3.7s").
+func (v Values) MarshalJSON() ([]byte, error) {
+	type out struct {
+		MinInterval   string  `json:"minInterval"`
+		MaxInterval   string  `json:"maxInterval"`
+		RetryInterval string  `json:"retryInterval,omitempty"`
+		QPS           float32 `json:"qps,omitempty"`
+		Limit         float64 `json:"limit,omitempty"`
+		Burst         int64   `json:"burst,omitempty"`
+	}
+	o := out{MinInterval: v.MinInterval.String(), MaxInterval: v.MaxInterval.String(), QPS: v.QPS, Limit: v.Limit, Burst: v.Burst}
+	if v.RetryInterval != 0 {
+		o.RetryInterval = v.RetryInterval.String()
+	}
+	return json.Marshal(o)
+}
+
+// ValuesOf returns the tuned fields of a found runner.
+func ValuesOf(f locate.Found) Values {
+	return Values{MinInterval: f.MinInterval, MaxInterval: f.MaxInterval, RetryInterval: f.RetryInterval, QPS: f.QPS, Limit: f.Limit, Burst: f.Burst}
+}
+
+// ErrRefused is wrapped by every refusal of a change.
+var ErrRefused = errors.New("refused")
+
+func refuse(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
+}
+
+// Plan returns the writes that turn runner f into what a fresh start with the changed values would
+// hold, after checking the change is one kube-proxy itself would accept.
+func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
+	if !f.Patchable {
+		return Values{}, nil, refuse("runner %#x cannot be retuned: %s", f.Address, f.Reason)
+	}
+	v := ValuesOf(f)
+	if c.MinInterval != nil {
+		v.MinInterval = *c.MinInterval
+	}
+	if c.MaxInterval != nil || c.RetryInterval != nil {
+		if l.Generation != locate.Runner {
+			return Values{}, nil, refuse("--retry-period and --full-sync-period exist only in the k8s ≥ 1.34 runner; this one is k8s ≤ 1.33")
+		}
+		if c.MaxInterval != nil {
+			v.MaxInterval = *c.MaxInterval
+		}
+		if c.RetryInterval != nil {
+			if *c.RetryInterval <= 0 {
+				return Values{}, nil, refuse("retry period %v: must be positive", *c.RetryInterval)
+			}
+			v.RetryInterval = *c.RetryInterval
+		}
+	}
+	if c.Burst != nil {
+		if l.Generation != locate.Async {
+			return Values{}, nil, refuse("--burst exists only in the k8s ≤ 1.33 runner (the ≥ 1.34 runner has no burst)")
+		}
+		if *c.Burst < 1 || *c.Burst > 1000 {
+			return Values{}, nil, refuse("burst %d: must be between 1 and 1000", *c.Burst)
+		}
+		v.Burst = *c.Burst
+	}
+	switch {
+	case v.MinInterval < 0:
+		return Values{}, nil, refuse("minimum sync period %v: must not be negative", v.MinInterval)
+	case v.MinInterval == 0 && l.Generation == locate.Async:
+		return Values{}, nil, refuse("minimum sync period 0: in k8s ≤ 1.33 a period of 0 means a different (no-op) limiter, which cannot be swapped in place; use a small period such as 10ms, or restart kube-proxy")
+	case v.MaxInterval < v.MinInterval:
+		return Values{}, nil, refuse("minimum sync period %v is longer than the runner's maximum interval %v", v.MinInterval, v.MaxInterval)
+	}
+	le := binary.LittleEndian
+	dur := func(d time.Duration) []byte { return le.AppendUint64(nil, uint64(d)) }
+	var ws []Write
+	add := func(field string, addr uint64, old, new []byte) {
+		if string(old) != string(new) {
+			ws = append(ws, Write{Field: field, Addr: addr, Old: old, New: new})
+		}
+	}
+	add("minInterval", f.Address+l.MinInterval, dur(f.MinInterval), dur(v.MinInterval))
+	if l.Generation == locate.Runner {
+		add("retryInterval", f.Address+l.RetryInterval, dur(f.RetryInterval), dur(v.RetryInterval))
+		add("maxInterval", f.Address+l.MaxInterval, dur(f.MaxInterval), dur(v.MaxInterval))
+		return v, ws, nil
+	}
+	v.QPS = locate.QPSFor(v.MinInterval)
+	v.Limit = float64(v.QPS)
+	add("qps", f.QPSAddr, le.AppendUint32(nil, math.Float32bits(f.QPS)), le.AppendUint32(nil, math.Float32bits(v.QPS)))
+	add("limit", f.LimitAddr+l.RateLimit, le.AppendUint64(nil, math.Float64bits(f.Limit)), le.AppendUint64(nil, math.Float64bits(v.Limit)))
+	add("burst", f.LimitAddr+l.RateBurst, le.AppendUint64(nil, uint64(f.Burst)), le.AppendUint64(nil, uint64(v.Burst)))
+	return v, ws, nil
+}

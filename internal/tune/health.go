@@ -1,0 +1,161 @@
+package tune
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"kptune/internal/kpmetrics"
+	"kptune/internal/locate"
+	"kptune/internal/netns"
+	"kptune/internal/patch"
+	"kptune/internal/procfs"
+)
+
+// defaultSyncPeriod is kube-proxy's default --*-sync-period.
+const defaultSyncPeriod = 30 * time.Second
+
+// healthRail refuses a period with which a queued change could wait close to 2 × syncPeriod:
+// kube-proxy's /healthz then answers 503 and load balancers drain the node. kube-proxy's own
+// validation also refuses minSyncPeriod > syncPeriod, so a restart could not have set it either.
+func healthRail(p procfs.Process, f locate.Found, v patch.Values, force bool) ([]string, error) {
+	if v.MinInterval == f.MinInterval {
+		return nil, nil
+	}
+	var notes []string
+	sync, from := syncPeriod(p, f)
+	if from != "" {
+		notes = append(notes, fmt.Sprintf("syncPeriod %v (%s)", sync, from))
+	}
+	if v.MinInterval > sync {
+		if !force {
+			return notes, fmt.Errorf("%w: minimum sync period %v is longer than kube-proxy's syncPeriod %v: kube-proxy itself refuses that configuration, and a queued change could wait past 2 × syncPeriod, when /healthz answers 503 and load balancers drain the node; use --force to set it anyway",
+				patch.ErrRefused, v.MinInterval, sync)
+		}
+		notes = append(notes, "forced past syncPeriod")
+	}
+	avg, ok := observedSync(p)
+	if !ok {
+		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
+	}
+	limit := 2 * sync * 9 / 10
+	if worst := v.MinInterval + avg; worst >= limit && !force {
+		return notes, fmt.Errorf("%w: with syncs taking %v on average, a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; use --force to set it anyway",
+			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*sync)
+	}
+	return notes, nil
+}
+
+// syncPeriod finds the period kube-proxy's /healthz measures against: the ≥ 1.34 runner holds it as
+// retryInterval; otherwise its flags, its /configz, or the default.
+func syncPeriod(p procfs.Process, f locate.Found) (time.Duration, string) {
+	if f.RetryInterval > 0 {
+		return f.RetryInterval, ""
+	}
+	for _, flag := range []string{"--iptables-sync-period", "--ipvs-sync-period", "--sync-period"} {
+		if v, ok := flagValue(p.Cmdline, flag); ok {
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				return d, "from " + flag
+			}
+		}
+	}
+	if d, ok := configzSyncPeriod(p); ok {
+		return d, "from /configz"
+	}
+	return defaultSyncPeriod, "kube-proxy's default: not in its flags or /configz"
+}
+
+func flagValue(args []string, name string) (string, bool) {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v, true
+		}
+		if a == name && i+1 < len(args) {
+			return args[i+1], true
+		}
+	}
+	return "", false
+}
+
+// metricsAddress is kube-proxy's metrics server, as seen from inside its network namespace.
+func metricsAddress(p procfs.Process) string {
+	addr := "127.0.0.1:10249"
+	if v, ok := flagValue(p.Cmdline, "--metrics-bind-address"); ok && v != "" {
+		if host, port, err := net.SplitHostPort(v); err == nil {
+			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+				host = "127.0.0.1"
+			}
+			addr = net.JoinHostPort(host, port)
+		}
+	}
+	return addr
+}
+
+// observedSync is kube-proxy's average sync duration so far.
+func observedSync(p procfs.Process) (time.Duration, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := kpmetrics.NewClient(netns.ForPID(p.PID), metricsAddress(p)).Scrape(ctx)
+	if err != nil {
+		return 0, false
+	}
+	n, sum := s.Histogram(kpmetrics.SyncDuration)
+	if n == 0 {
+		return 0, false
+	}
+	return time.Duration(sum / float64(n) * float64(time.Second)), true
+}
+
+// configzSyncPeriod reads syncPeriod from kube-proxy's /configz: internal Go field names up to 1.35
+// ("SyncPeriod", under "IPTables" up to 1.30), camelCase from 1.36.
+func configzSyncPeriod(p procfs.Process) (time.Duration, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	tr := &http.Transport{DialContext: netns.ForPID(p.PID).DialContext}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddress(p)+"/configz", nil)
+	if err != nil {
+		return 0, false
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, false
+	}
+	var doc any
+	if json.Unmarshal(body, &doc) != nil {
+		return 0, false
+	}
+	return findSyncPeriod(doc)
+}
+
+// findSyncPeriod returns the first syncPeriod in the document, preferring the top level.
+func findSyncPeriod(doc any) (time.Duration, bool) {
+	m, ok := doc.(map[string]any)
+	if !ok {
+		return 0, false
+	}
+	for k, v := range m {
+		if strings.EqualFold(k, "syncPeriod") {
+			if s, ok := v.(string); ok {
+				if d, err := time.ParseDuration(s); err == nil && d > 0 {
+					return d, true
+				}
+			}
+		}
+	}
+	for _, v := range m {
+		if d, ok := findSyncPeriod(v); ok {
+			return d, true
+		}
+	}
+	return 0, false
+}

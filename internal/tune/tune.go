@@ -1,0 +1,327 @@
+// Package tune is `kptune set` and `kptune reset`: it takes the process's write lock, locates its
+// runners, applies the safety rails, records the original values, and has patch apply the change
+// inside one short stop, with one audit line a runner.
+package tune
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
+	"time"
+
+	"kptune/internal/gobin"
+	"kptune/internal/inspect"
+	"kptune/internal/locate"
+	"kptune/internal/patch"
+	"kptune/internal/procfs"
+	"kptune/internal/state"
+)
+
+// Options configure Set and Reset.
+type Options struct {
+	PID    int    // 0: every kube-proxy on the node
+	Runner string // "" or "all": every runner; else one runner's address
+	Change patch.Change
+	DryRun bool
+	Force  bool // override the /healthz rail
+	Store  state.Store
+	Hold   time.Duration // fault-injection aid: keep the process stopped this long
+	Log    *slog.Logger
+}
+
+// Result is what set and reset report.
+type Result struct {
+	Processes []ProcessResult `json:"processes"`
+}
+
+// ProcessResult is the outcome for one kube-proxy.
+type ProcessResult struct {
+	PID        int            `json:"pid"`
+	K8sVersion string         `json:"k8sVersion"`
+	Generation string         `json:"generation"`
+	DryRun     bool           `json:"dryRun,omitempty"`
+	Runners    []RunnerResult `json:"runners"`
+	Threads    int            `json:"threadsStopped,omitempty"`
+	Stopped    string         `json:"stoppedFor,omitempty"`
+	StoppedNS  int64          `json:"stoppedNanoseconds,omitempty"`
+	Total      string         `json:"total"`
+	Notes      []string       `json:"notes,omitempty"`
+}
+
+// RunnerResult is one runner's change.
+type RunnerResult struct {
+	Address string       `json:"address"`
+	Old     patch.Values `json:"old"`
+	New     patch.Values `json:"new"`
+	Fields  []string     `json:"fieldsWritten"`
+}
+
+// Set changes the runners of one or every kube-proxy.
+func Set(o Options) (Result, error) {
+	return each(o, set)
+}
+
+// Reset restores the values kube-proxy started with, from the state record of its first change.
+func Reset(o Options) (Result, error) {
+	return each(o, reset)
+}
+
+func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if n, err := o.Store.Clean(); err == nil && n > 0 {
+		o.Log.Info("removed state records of processes that no longer exist", "count", n)
+	}
+	pids := []int{o.PID}
+	if o.PID == 0 {
+		r, err := inspect.All()
+		if err != nil {
+			return Result{}, err
+		}
+		pids = nil
+		for _, p := range r.Processes {
+			pids = append(pids, p.PID)
+		}
+		if len(pids) == 0 {
+			return Result{}, errors.New("no kube-proxy process on this node: pass --pid, or run as root to see every process")
+		}
+	}
+	var res Result
+	for _, pid := range pids {
+		pr, err := fn(o, pid)
+		if err != nil {
+			return res, err
+		}
+		res.Processes = append(res.Processes, pr)
+	}
+	return res, nil
+}
+
+// prepared is a locked, located process.
+type prepared struct {
+	proc   procfs.Process
+	bin    *gobin.Binary
+	target patch.Target
+	found  []locate.Found
+	unlock func()
+}
+
+func (p *prepared) close() {
+	p.bin.Close()
+	if p.unlock != nil {
+		p.unlock()
+	}
+}
+
+func prepare(o Options, pid int, lock bool) (*prepared, error) {
+	p := &prepared{unlock: func() {}}
+	if lock {
+		unlock, err := o.Store.Lock(pid)
+		if err != nil {
+			return nil, err
+		}
+		p.unlock = unlock
+	}
+	dev, ino, err := patch.ExeID(pid)
+	if err != nil {
+		p.unlock()
+		return nil, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
+	}
+	proc, bin, err := inspect.Open(pid)
+	if err != nil {
+		p.unlock()
+		return nil, err
+	}
+	p.proc, p.bin = proc, bin
+	lt, err := inspect.Target(pid, bin)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	p.found, err = locate.Scan(lt)
+	if err == nil && len(p.found) == 0 {
+		err = errors.New("no sync runner found in its memory (kube-proxy may still be starting)")
+	}
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	p.target = patch.Target{PID: pid, StartTime: proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt, Hold: o.Hold}
+	return p, nil
+}
+
+func selectRunners(found []locate.Found, which string) ([]locate.Found, error) {
+	if which == "" || which == "all" {
+		return found, nil
+	}
+	addr, err := strconv.ParseUint(which, 0, 64)
+	if err != nil {
+		return nil, fmt.Errorf("--runner %q: give a runner address from kptune inspect (0x…) or all", which)
+	}
+	for _, f := range found {
+		if f.Address == addr {
+			return []locate.Found{f}, nil
+		}
+	}
+	return nil, fmt.Errorf("no runner at %s in this process: see kptune inspect", which)
+}
+
+func set(o Options, pid int) (ProcessResult, error) {
+	start := time.Now()
+	p, err := prepare(o, pid, !o.DryRun)
+	if err != nil {
+		return ProcessResult{}, err
+	}
+	defer p.close()
+	l := p.target.Locate.Layout
+	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), DryRun: o.DryRun}
+	runners, err := selectRunners(p.found, o.Runner)
+	if err != nil {
+		return res, err
+	}
+	var rws []patch.RunnerWrites
+	for _, f := range runners {
+		v, ws, err := patch.Plan(f, l, o.Change)
+		if err != nil {
+			return res, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		notes, err := healthRail(p.proc, f, v, o.Force)
+		res.Notes = append(res.Notes, notes...)
+		if err != nil {
+			return res, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
+		for _, w := range ws {
+			rr.Fields = append(rr.Fields, w.Field)
+		}
+		res.Runners = append(res.Runners, rr)
+		if len(ws) > 0 {
+			rws = append(rws, patch.RunnerWrites{Found: f, Writes: ws})
+		}
+	}
+	if o.DryRun || len(rws) == 0 {
+		res.Total = time.Since(start).String()
+		return res, nil
+	}
+	if err := remember(o.Store, p); err != nil {
+		return res, err
+	}
+	st, err := patch.Apply(p.target, rws)
+	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
+	if err != nil {
+		return res, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	res.Total = time.Since(start).String()
+	audit(o, "set", pid, res.Runners, st.Stopped)
+	return res, nil
+}
+
+// remember saves the original values before the first change of a process.
+func remember(s state.Store, p *prepared) error {
+	r, err := s.Load(p.proc.PID, p.proc.StartTime, p.bin.BuildID())
+	if err != nil || r != nil {
+		return err
+	}
+	r = &state.Record{PID: p.proc.PID, StartTime: p.proc.StartTime, BuildID: p.bin.BuildID(), Runners: map[string]state.Original{}}
+	for _, f := range p.found {
+		r.Runners[fmt.Sprintf("%#x", f.Address)] = state.Original{MinInterval: f.MinInterval, MaxInterval: f.MaxInterval, RetryInterval: f.RetryInterval, Burst: f.Burst}
+	}
+	if err := s.Save(r); err != nil {
+		return fmt.Errorf("record the original values in %s: %w (use --state-dir): nothing written", s.Dir, err)
+	}
+	return nil
+}
+
+func reset(o Options, pid int) (ProcessResult, error) {
+	start := time.Now()
+	p, err := prepare(o, pid, !o.DryRun)
+	if err != nil {
+		return ProcessResult{}, err
+	}
+	defer p.close()
+	l := p.target.Locate.Layout
+	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), DryRun: o.DryRun}
+	rec, err := o.Store.Load(pid, p.proc.StartTime, p.bin.BuildID())
+	if err != nil {
+		return res, err
+	}
+	if rec == nil {
+		return res, fmt.Errorf("nothing to reset for pid %d: kptune has not changed it since it started", pid)
+	}
+	var rws []patch.RunnerWrites
+	for _, f := range p.found {
+		orig, ok := rec.Runners[fmt.Sprintf("%#x", f.Address)]
+		if !ok {
+			return res, fmt.Errorf("pid %d: runner %#x has no recorded original: nothing written", pid, f.Address)
+		}
+		c := patch.Change{MinInterval: &orig.MinInterval}
+		if l.Generation == locate.Runner {
+			c.RetryInterval, c.MaxInterval = &orig.RetryInterval, &orig.MaxInterval
+		} else {
+			c.Burst = &orig.Burst
+		}
+		v, ws, err := patch.Plan(f, l, c)
+		if err != nil {
+			return res, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
+		for _, w := range ws {
+			rr.Fields = append(rr.Fields, w.Field)
+		}
+		res.Runners = append(res.Runners, rr)
+		if len(ws) > 0 {
+			rws = append(rws, patch.RunnerWrites{Found: f, Writes: ws})
+		}
+	}
+	if o.DryRun {
+		res.Total = time.Since(start).String()
+		return res, nil
+	}
+	if len(rws) > 0 {
+		st, err := patch.Apply(p.target, rws)
+		res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
+		if err != nil {
+			return res, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		audit(o, "reset", pid, res.Runners, st.Stopped)
+	}
+	if err := o.Store.Remove(pid, p.proc.StartTime); err != nil {
+		return res, err
+	}
+	res.Total = time.Since(start).String()
+	return res, nil
+}
+
+func audit(o Options, action string, pid int, rs []RunnerResult, stopped time.Duration) {
+	uid := os.Getuid()
+	name := ""
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		name = u.Username
+	}
+	for _, r := range rs {
+		if len(r.Fields) == 0 {
+			continue
+		}
+		e := state.AuditEntry{Time: time.Now().UTC(), Action: action, UID: uid, User: name, PID: pid, Runner: r.Address,
+			Old: describe(r.Old), New: describe(r.New), StopFor: stopped.String()}
+		if err := o.Store.Audit(e); err != nil {
+			o.Log.Warn("audit log", "err", err)
+		}
+		o.Log.Info(action, "uid", uid, "pid", pid, "runner", r.Address, "old", e.Old, "new", e.New, "stopped", stopped)
+	}
+}
+
+func describe(v patch.Values) string {
+	s := "minInterval=" + v.MinInterval.String()
+	if v.RetryInterval != 0 {
+		s += " retryInterval=" + v.RetryInterval.String() + " maxInterval=" + v.MaxInterval.String()
+	}
+	if v.QPS != 0 {
+		s += fmt.Sprintf(" qps=%g limit=%g burst=%d", v.QPS, v.Limit, v.Burst)
+	}
+	return s
+}
