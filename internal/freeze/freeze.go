@@ -29,6 +29,8 @@ import (
 // ErrTraced is returned when another tracer (a debugger) already holds the process.
 var ErrTraced = errors.New("the process is already traced (a debugger?): detach it first")
 
+var errDetach = errors.New("release thread")
+
 // Stats describe one stop.
 type Stats struct {
 	Threads int
@@ -46,10 +48,15 @@ func Do(pid int, fn func() error) (Stats, error) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		// The thread stays locked to the end: a ptrace tracer is an OS thread, and this one exits with
-		// the goroutine, which also drops any tracee a failed detach left behind.
+		// A ptrace tracer is an OS thread. Once every tracee is detached the thread is clean and goes
+		// back to the runtime; if a detach failed it stays locked, so it exits with this goroutine
+		// and the kernel drops what it still traces. (Exiting threads needlessly has a cost beyond
+		// the runtime: a child started with Pdeathsig from this thread would be killed.)
 		runtime.LockOSThread()
 		st, err := do(pid, fn)
+		if !errors.Is(err, errDetach) {
+			runtime.UnlockOSThread()
+		}
 		res <- result{st, err}
 	}()
 	r := <-res
@@ -67,8 +74,8 @@ func do(pid int, fn func() error) (st Stats, err error) {
 	var first time.Time
 	defer func() {
 		for _, t := range seized {
-			if derr := detach(t); derr != nil && !errors.Is(derr, unix.ESRCH) && err == nil {
-				err = fmt.Errorf("release thread %d: %w", t.tid, derr)
+			if derr := detach(t); derr != nil && !errors.Is(derr, unix.ESRCH) {
+				err = errors.Join(err, fmt.Errorf("%w %d: %w", errDetach, t.tid, derr))
 			}
 		}
 		if !first.IsZero() {

@@ -1,0 +1,196 @@
+package freeze
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kptune/test/testbed"
+)
+
+// The test binary doubles as a tracer that holds a stop until it is killed.
+func TestMain(m *testing.M) {
+	if pid, err := strconv.Atoi(os.Getenv("KPTUNE_FREEZE_HOLD_PID")); err == nil {
+		_, err := Do(pid, func() error {
+			fmt.Println("stopped")
+			time.Sleep(time.Minute)
+			return nil
+		})
+		fmt.Println("released", err)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: ptrace of another process needs CAP_SYS_PTRACE")
+	}
+}
+
+func startFixture(t *testing.T) *testbed.FixtureProcess {
+	t.Helper()
+	ctx := context.Background()
+	bin, err := testbed.Build{Version: "v1.33.5"}.Fixture(ctx, testbed.AsyncRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := testbed.StartFixture(ctx, bin, "-min-sync-period", "100ms", "-trigger-rate", "50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Stop)
+	return f
+}
+
+// states returns the state letter of every thread of pid.
+func states(t *testing.T, pid int) map[int]byte {
+	t.Helper()
+	tids, err := threads(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]byte{}
+	for _, tid := range tids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		out[tid] = b[i+2]
+	}
+	return out
+}
+
+func TestStopsEveryThreadAndReleasesThem(t *testing.T) {
+	needRoot(t)
+	f := startFixture(t)
+	var inside map[int]byte
+	st, err := Do(f.PID, func() error {
+		inside = states(t, f.PID)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inside) < 2 || st.Threads != len(inside) {
+		t.Fatalf("stopped %d threads, saw %d", st.Threads, len(inside))
+	}
+	for tid, s := range inside {
+		if s != 't' {
+			t.Errorf("thread %d in state %c inside the stop, want t (tracing stop)", tid, s)
+		}
+	}
+	t.Logf("%d threads stopped for %v", st.Threads, st.Stopped)
+	runs := len(f.Runs())
+	time.Sleep(500 * time.Millisecond)
+	if tp, _ := TracerPID(f.PID); tp != 0 {
+		t.Errorf("TracerPid %d after release", tp)
+	}
+	for tid, s := range states(t, f.PID) {
+		if s == 't' || s == 'T' {
+			t.Errorf("thread %d still stopped (%c) after release", tid, s)
+		}
+	}
+	if len(f.Runs()) <= runs {
+		t.Errorf("the runner did not run after the release")
+	}
+}
+
+func TestErrorInsideStillReleases(t *testing.T) {
+	needRoot(t)
+	f := startFixture(t)
+	boom := errors.New("boom")
+	if _, err := Do(f.PID, func() error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+	runs := len(f.Runs())
+	time.Sleep(500 * time.Millisecond)
+	if tp, err := TracerPID(f.PID); tp != 0 || err != nil {
+		t.Errorf("TracerPid %d (%v) after a failed fn", tp, err)
+	}
+	if len(f.Runs()) <= runs {
+		t.Errorf("the runner did not run after the release")
+	}
+}
+
+// TestTracerKilledInsideTheStop kills the tracer (SIGKILL) while it holds the process stopped: the
+// kernel must release the process, which runs on.
+func TestTracerKilledInsideTheStop(t *testing.T) {
+	needRoot(t)
+	f := startFixture(t)
+	for i := 0; i < 3; i++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "KPTUNE_FREEZE_HOLD_PID="+strconv.Itoa(f.PID))
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8)
+		if _, err := out.Read(buf); err != nil || !strings.HasPrefix(string(buf), "stopped") {
+			t.Fatalf("the tracer did not report the stop: %q %v", buf, err)
+		}
+		if tp, _ := TracerPID(f.PID); tp != cmd.Process.Pid {
+			t.Fatalf("TracerPid %d, want the tracer %d", tp, cmd.Process.Pid)
+		}
+		runs := len(f.Runs())
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		time.Sleep(500 * time.Millisecond)
+		if tp, _ := TracerPID(f.PID); tp != 0 {
+			t.Fatalf("TracerPid %d after the tracer was killed", tp)
+		}
+		for tid, s := range states(t, f.PID) {
+			if s == 't' || s == 'T' {
+				t.Fatalf("thread %d stopped (%c) after the tracer was killed", tid, s)
+			}
+		}
+		if len(f.Runs()) <= runs {
+			t.Fatalf("the runner did not run after the tracer was killed")
+		}
+	}
+}
+
+func TestAlreadyTraced(t *testing.T) {
+	needRoot(t)
+	f := startFixture(t)
+	seized, release := make(chan error), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := unix.PtraceSeize(f.PID)
+		seized <- err
+		<-release
+		if err == nil {
+			_ = unix.PtraceDetach(f.PID)
+		}
+	}()
+	if err := <-seized; err != nil {
+		t.Fatal(err)
+	}
+	_, err := Do(f.PID, func() error { return nil })
+	close(release)
+	if !errors.Is(err, ErrTraced) {
+		t.Fatalf("got %v, want ErrTraced", err)
+	}
+}
+
+func TestGone(t *testing.T) {
+	if _, err := Do(999999999, func() error { return nil }); err == nil {
+		t.Fatal("stopping a missing process succeeded")
+	}
+}

@@ -1,0 +1,203 @@
+package patch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"kptune/internal/gobin"
+	"kptune/internal/inspect"
+	"kptune/internal/locate"
+	"kptune/internal/procfs"
+	"kptune/test/testbed"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: writing another process's memory needs CAP_SYS_PTRACE")
+	}
+}
+
+type live struct {
+	fx     *testbed.FixtureProcess
+	target Target
+	found  locate.Found
+}
+
+func start(t *testing.T, build testbed.Build, fixture string, period time.Duration) live {
+	t.Helper()
+	ctx := context.Background()
+	bin, err := build.Fixture(ctx, fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx, err := testbed.StartFixture(ctx, bin, "-min-sync-period", period.String(), "-trigger-rate", "20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fx.Stop)
+	b, err := gobin.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	lt, err := inspect.Target(fx.PID, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, err := locate.Scan(lt)
+	if err != nil || len(found) != 1 {
+		t.Fatalf("found %d runners: %v", len(found), err)
+	}
+	p, err := procfs.Get(fx.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, ino, err := ExeID(fx.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live{fx: fx, found: found[0], target: Target{PID: fx.PID, StartTime: p.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt}}
+}
+
+// tuned reads the raw bytes of the fields a retune writes.
+func tuned(t *testing.T, l live) map[string][]byte {
+	t.Helper()
+	f, lay := l.found, l.target.Locate.Layout
+	fields := map[string][2]uint64{"minInterval": {f.Address + lay.MinInterval, 8}}
+	if lay.Generation == locate.Async {
+		fields["qps"] = [2]uint64{f.QPSAddr, 4}
+		fields["limit"] = [2]uint64{f.LimitAddr + lay.RateLimit, 8}
+		fields["burst"] = [2]uint64{f.LimitAddr + lay.RateBurst, 8}
+	} else {
+		fields["retryInterval"] = [2]uint64{f.Address + lay.RetryInterval, 8}
+		fields["maxInterval"] = [2]uint64{f.Address + lay.MaxInterval, 8}
+	}
+	out := map[string][]byte{}
+	for name, fa := range fields {
+		b := make([]byte, fa[1])
+		if err := l.target.Locate.Mem.ReadAt(b, fa[0]); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = b
+	}
+	return out
+}
+
+// TestIdenticalToRestart: a runner started at 1s and set to 7s holds the same bytes in every tuned
+// field as one started at 7s, on both generations; the runner then paces its runs by the new period.
+func TestIdenticalToRestart(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		build   testbed.Build
+		fixture string
+	}{
+		{testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner},
+		{testbed.Build{Version: "v1.33.5", PIE: true}, testbed.AsyncRunner},
+		{testbed.Build{Version: "v1.37.2"}, testbed.ProxyRunner},
+	} {
+		t.Run(tc.build.String(), func(t *testing.T) {
+			const to = 7 * time.Second
+			a := start(t, tc.build, tc.fixture, time.Second)
+			b := start(t, tc.build, tc.fixture, to)
+			d := to
+			_, ws, err := Plan(a.found, a.target.Locate.Layout, Change{MinInterval: &d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := Apply(a.target, []RunnerWrites{{Found: a.found, Writes: ws}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("wrote %d fields, %d threads stopped for %v", len(ws), st.Threads, st.Stopped)
+			ta, tb := tuned(t, a), tuned(t, b)
+			for name, want := range tb {
+				if !bytes.Equal(ta[name], want) {
+					t.Errorf("%s: set to %v holds %x, started at %v holds %x", name, to, ta[name], to, want)
+				}
+			}
+			// Paced by the new period: no more than the burst runs in the next 3 seconds.
+			before := len(a.fx.Runs())
+			time.Sleep(3 * time.Second)
+			if n := len(a.fx.Runs()) - before; n > 2 {
+				t.Errorf("%d runs in 3s after setting %v", n, to)
+			}
+		})
+	}
+}
+
+func TestApplyRefusesAnotherProcess(t *testing.T) {
+	needRoot(t)
+	l := start(t, testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, time.Second)
+	d := 5 * time.Second
+	_, ws, err := Plan(l.found, l.target.Locate.Layout, Change{MinInterval: &d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := tuned(t, l)
+
+	restarted := l.target
+	restarted.StartTime++
+	if _, err := Apply(restarted, []RunnerWrites{{Found: l.found, Writes: ws}}); err == nil || !strings.Contains(err.Error(), "no longer the process") {
+		t.Errorf("a restarted process: got %v", err)
+	}
+	changed := l.found
+	changed.MinInterval = 2 * time.Second
+	if _, err := Apply(l.target, []RunnerWrites{{Found: changed, Writes: ws}}); err == nil || !strings.Contains(err.Error(), "changed since it was read") {
+		t.Errorf("a runner changed since it was read: got %v", err)
+	}
+	stale := append([]Write(nil), ws...)
+	stale[0].Old = []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	if _, err := Apply(l.target, []RunnerWrites{{Found: l.found, Writes: stale}}); err == nil || !strings.Contains(err.Error(), "nothing written") {
+		t.Errorf("a field that differs from the plan: got %v", err)
+	}
+	after := tuned(t, l)
+	for name := range before {
+		if !bytes.Equal(before[name], after[name]) {
+			t.Errorf("%s changed by a refused write: %x → %x", name, before[name], after[name])
+		}
+	}
+}
+
+func TestPlanRefusals(t *testing.T) {
+	old := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, QPS: 1, Limit: 1, Burst: 2, LimitAddr: 0x2000, QPSAddr: 0x3008, Patchable: true}
+	cur := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, RetryInterval: 30 * time.Second, Patchable: true}
+	asyncL, runnerL := locate.Builtin(locate.Async), locate.Builtin(locate.Runner)
+	dur := func(d time.Duration) *time.Duration { return &d }
+	n := func(v int64) *int64 { return &v }
+	for _, tc := range []struct {
+		f    locate.Found
+		l    locate.Layout
+		c    Change
+		want string
+	}{
+		{old, asyncL, Change{MinInterval: dur(-time.Second)}, "negative"},
+		{old, asyncL, Change{MinInterval: dur(0)}, "no-op"},
+		{old, asyncL, Change{MinInterval: dur(2 * time.Hour)}, "maximum interval"},
+		{old, asyncL, Change{RetryInterval: dur(time.Second)}, "k8s ≥ 1.34"},
+		{old, asyncL, Change{Burst: n(0)}, "between 1 and 1000"},
+		{cur, runnerL, Change{Burst: n(3)}, "k8s ≤ 1.33"},
+		{cur, runnerL, Change{RetryInterval: dur(0)}, "positive"},
+		{locate.Found{Reason: "no-op limiter"}, asyncL, Change{MinInterval: dur(time.Second)}, "no-op limiter"},
+	} {
+		if _, _, err := Plan(tc.f, tc.l, tc.c); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want a refusal saying %q", tc.c, err, tc.want)
+		}
+	}
+	// What the constructor computes, bit for bit.
+	v, ws, err := Plan(old, asyncL, Change{MinInterval: dur(3700 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.QPS != float32(time.Second)/float32(3700*time.Millisecond) || v.Limit != float64(v.QPS) || len(ws) != 3 {
+		t.Errorf("plan for 3.7s: %+v, %d writes", v, len(ws))
+	}
+	if _, ws, _ := Plan(old, asyncL, Change{MinInterval: dur(time.Second)}); len(ws) != 0 {
+		t.Errorf("setting the current value plans %d writes", len(ws))
+	}
+}
