@@ -117,7 +117,7 @@ func do(pid int, fn func() error) (st Stats, err error) {
 		}
 		for _, t := range seized {
 			if !t.stopped {
-				if err := wait(t); err != nil {
+				if err := wait(pid, t); err != nil {
 					return st, err
 				}
 			}
@@ -132,36 +132,64 @@ func do(pid int, fn func() error) (st Stats, err error) {
 	return st, fn()
 }
 
-// wait waits for a seized thread's first ptrace-stop.
-func wait(t *tracee) error {
-	for {
+// stopTimeout bounds the wait for one thread's stop: a thread blocked in the kernel (D state)
+// stops only when it returns to user space.
+const stopTimeout = 2 * time.Second
+
+// wait waits for a seized thread's first ptrace-stop. It polls, so that it can give up: a thread
+// that does not stop in time fails the whole stop (and every thread is released) instead of holding
+// the others. If the stop's report was taken by another waiter (a parent of the target in the same
+// process as kptune, as in tests), the thread's state in /proc shows the stop all the same.
+func wait(pid int, t *tracee) error {
+	deadline := time.Now().Add(stopTimeout)
+	for spins := 0; ; spins++ {
 		var ws unix.WaitStatus
-		_, err := unix.Wait4(t.tid, &ws, unix.WALL, nil)
-		if errors.Is(err, unix.EINTR) {
+		wpid, err := unix.Wait4(t.tid, &ws, unix.WALL|unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
-		}
-		if errors.Is(err, unix.ECHILD) {
+		case errors.Is(err, unix.ECHILD):
 			t.stopped = true // it exited
 			return nil
-		}
-		if err != nil {
+		case err != nil:
 			return fmt.Errorf("wait for thread %d: %w", t.tid, err)
-		}
-		switch {
-		case ws.Exited() || ws.Signaled():
+		case wpid == t.tid && (ws.Exited() || ws.Signaled()):
 			t.stopped = true
 			return nil
-		case ws.Stopped():
+		case wpid == t.tid && ws.Stopped():
 			t.stopped = true
-			// PTRACE_INTERRUPT stops report PTRACE_EVENT_STOP in bits 16-23, and so do group-stops of a
-			// seized thread (whose signal is already delivered). A stop with no event is a signal on
+			// PTRACE_INTERRUPT stops report PTRACE_EVENT_STOP in bits 16-23, and so do group-stops of
+			// a seized thread (whose signal is already delivered). A stop with no event is a signal on
 			// its way to the thread: keep it to hand back on detach.
 			if uint32(ws)>>16 == 0 {
 				t.sig = ws.StopSignal()
 			}
 			return nil
 		}
+		if spins > 1000 && threadState(pid, t.tid) == 't' {
+			t.stopped = true
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("thread %d did not stop within %v (blocked in the kernel?): nothing written, try again", t.tid, stopTimeout)
+		}
+		if spins > 100 {
+			time.Sleep(20 * time.Microsecond)
+		}
 	}
+}
+
+// threadState is the state letter of a thread (/proc/PID/task/TID/stat), or 0.
+func threadState(pid, tid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/stat", procfs.Root, pid, tid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
 }
 
 func detach(t *tracee) error {

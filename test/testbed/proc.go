@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -122,12 +123,16 @@ func alive(pid int) bool {
 }
 
 // proc is a process of the test bed, started inside a network namespace.
+//
+// Nothing waits on it while it runs: a wait4 blocked on a child in this process would also take the
+// ptrace-stop reports meant for kptune's tracer thread when a test retunes that child. Its exit is
+// seen in /proc (a zombie), and it is reaped when stopped or found dead.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	name   string
+	cmd    *exec.Cmd
+	log    string
+	reaped sync.Once
+	err    error
 }
 
 // start runs bin inside network namespace ns (through `ip netns exec`, which also gives it the
@@ -153,30 +158,28 @@ func start(name, ns, logPath string, detach bool, env []string, bin string, args
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	return p, nil
+	return &proc{name: name, cmd: cmd, log: logPath}, nil
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
 func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
+	if alive(p.pid()) {
 		return false
 	}
+	p.reap()
+	return true
 }
+
+func (p *proc) reap() { p.reaped.Do(func() { p.err = p.cmd.Wait() }) }
 
 func (p *proc) stop() {
 	if p == nil {
 		return
 	}
 	killWait(p.pid(), 10*time.Second)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
+	if !alive(p.pid()) {
+		p.reap()
 	}
 }
 

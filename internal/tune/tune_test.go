@@ -1,0 +1,270 @@
+package tune
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"kptune/internal/inspect"
+	"kptune/internal/kpmetrics"
+	"kptune/internal/locate"
+	"kptune/internal/patch"
+	"kptune/internal/state"
+	"kptune/test/testbed"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, iptables and ptrace")
+	}
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestSetOnRealKubeProxy is `kptune set` and `reset` end to end on real kube-proxy of both runner
+// generations, fed by the real API server under continuous EndpointSlice churn:
+//   - identical to a restart: A started at 1s and set to 7s holds the same tuned fields as B started
+//     at 7s;
+//   - it works: syncs per minute follow the period (1s → 10s cuts them by 5× or more) and reset
+//     brings them back, with no failed sync and every Service still in the rules;
+//   - one writer at a time, and a clear error for a PID that does not exist.
+func TestSetOnRealKubeProxy(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Down() })
+	const services, endpoints = 60, 4
+	if err := c.Load(ctx, services, endpoints); err != nil {
+		t.Fatal(err)
+	}
+	store := state.Store{Dir: t.TempDir()}
+	type pair struct{ a, b *testbed.KubeProxy }
+	var pairs []pair
+	for _, build := range []testbed.Build{{Version: "v1.33.5"}, {Version: "v1.37.2"}} {
+		var p pair
+		for i, period := range []time.Duration{time.Second, 7 * time.Second} {
+			kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: build, Mode: testbed.IPTables, MinSyncPeriod: period, SyncPeriod: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				p.a = kp
+			} else {
+				p.b = kp
+			}
+		}
+		pairs = append(pairs, p)
+	}
+	for _, p := range pairs {
+		for _, kp := range []*testbed.KubeProxy{p.a, p.b} {
+			if err := kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	t.Run("identical to a restart", func(t *testing.T) {
+		for _, p := range pairs {
+			d := 7 * time.Second
+			res, err := Set(Options{PID: p.a.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: stopped %d threads for %s, total %s", p.a.Options.Build, res.Processes[0].Threads, res.Processes[0].Stopped, res.Processes[0].Total)
+			fa, fb := fields(t, p.a.PID()), fields(t, p.b.PID())
+			if !bytes.Equal(fa, fb) {
+				t.Errorf("%s: set to 7s holds %x, started at 7s holds %x", p.a.Options.Build, fa, fb)
+			}
+			if _, err := Reset(Options{PID: p.a.PID(), Store: store, Log: quiet()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("syncs follow the period", func(t *testing.T) {
+		churn, err := c.Churn(ctx, ChurnOptions(services, endpoints))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer churn.Stop()
+		kps := []*testbed.KubeProxy{pairs[0].a, pairs[1].a}
+		failures := func(kp *testbed.KubeProxy) float64 {
+			s, err := kp.Metrics.Scrape(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.Value(kpmetrics.RestoreFailures)
+		}
+		fail0 := []float64{failures(kps[0]), failures(kps[1])}
+		time.Sleep(3 * time.Second)
+		before := rates(t, kps, 20*time.Second)
+		ten := 10 * time.Second
+		for _, kp := range kps {
+			if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &ten}, Store: store, Log: quiet()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(12 * time.Second) // the bucket's stored burst drains
+		during := rates(t, kps, 40*time.Second)
+		for _, kp := range kps {
+			if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(3 * time.Second)
+		after := rates(t, kps, 20*time.Second)
+		for i, kp := range kps {
+			t.Logf("%s: %.1f syncs/min at 1s, %.1f at 10s, %.1f after reset", kp.Options.Build, before[i], during[i], after[i])
+			if during[i]*5 > before[i] {
+				t.Errorf("%s: 1s → 10s took syncs/min from %.1f to %.1f, less than a 5× cut", kp.Options.Build, before[i], during[i])
+			}
+			if after[i] < before[i]*0.7 {
+				t.Errorf("%s: after reset %.1f syncs/min, before %.1f", kp.Options.Build, after[i], before[i])
+			}
+			if f := failures(kp); f != fail0[i] {
+				t.Errorf("%s: restore failures went %v → %v", kp.Options.Build, fail0[i], f)
+			}
+			if !kp.Running() {
+				t.Errorf("%s exited", kp.Options.Build)
+			}
+		}
+		if _, err := churn.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		for _, kp := range kps {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				rules, err := kp.Rules()
+				if err != nil {
+					t.Fatal(err)
+				}
+				missing := testbed.MissingServices(rules, services)
+				if len(missing) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d Services missing from the rules", kp.Options.Build, len(missing))
+				}
+				time.Sleep(time.Second)
+			}
+		}
+	})
+
+	t.Run("one writer at a time", func(t *testing.T) {
+		kp := pairs[0].a
+		d := 2 * time.Second
+		var wg sync.WaitGroup
+		wg.Add(1)
+		var holdErr error
+		go func() {
+			defer wg.Done()
+			_, holdErr = Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Hold: 2 * time.Second, Log: quiet()})
+		}()
+		time.Sleep(800 * time.Millisecond)
+		_, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
+		wg.Wait()
+		if holdErr != nil {
+			t.Fatal(holdErr)
+		}
+		if err == nil || !strings.Contains(err.Error(), "another kptune is writing") {
+			t.Errorf("a second writer: got %v", err)
+		}
+		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
+			t.Errorf("a second reset: got %v", err)
+		}
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		d := time.Second
+		if _, err := Set(Options{PID: 999999999, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "no process") {
+			t.Errorf("missing pid: %v", err)
+		}
+		far := 45 * time.Second
+		_, err := Set(Options{PID: pairs[0].a.PID(), Change: patch.Change{MinInterval: &far}, Store: store, Log: quiet()})
+		if !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "--force") {
+			t.Errorf("a period past syncPeriod: %v", err)
+		}
+	})
+}
+
+// ChurnOptions is the steady churn the test runs under: 20 changes a second.
+func ChurnOptions(services, endpoints int) testbed.ChurnOptions {
+	return testbed.ChurnOptions{Rate: 20, Services: services, Endpoints: endpoints}
+}
+
+// fields reads the raw bytes of the tuned fields of every runner of pid, concatenated: minInterval,
+// and qps, limit, burst (k8s ≤ 1.33) or retryInterval (k8s ≥ 1.34).
+func fields(t *testing.T, pid int) []byte {
+	t.Helper()
+	_, b, err := inspect.Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lt, err := inspect.Target(pid, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, err := locate.Scan(lt)
+	if err != nil || len(found) == 0 {
+		t.Fatalf("pid %d: %d runners: %v", pid, len(found), err)
+	}
+	l := lt.Layout
+	var out []byte
+	read := func(addr uint64, n int) {
+		buf := make([]byte, n)
+		if err := lt.Mem.ReadAt(buf, addr); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, buf...)
+	}
+	for _, f := range found {
+		read(f.Address+l.MinInterval, 8)
+		if l.Generation == locate.Runner {
+			read(f.Address+l.RetryInterval, 8)
+			continue
+		}
+		read(f.QPSAddr, 4)
+		read(f.LimitAddr+l.RateLimit, 8)
+		read(f.LimitAddr+l.RateBurst, 8)
+	}
+	return out
+}
+
+// rates measures each kube-proxy's syncs per minute over a window.
+func rates(t *testing.T, kps []*testbed.KubeProxy, window time.Duration) []float64 {
+	t.Helper()
+	ctx := context.Background()
+	first := make([]kpmetrics.Snapshot, len(kps))
+	for i, kp := range kps {
+		s, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[i] = s
+	}
+	time.Sleep(window)
+	out := make([]float64, len(kps))
+	for i, kp := range kps {
+		s, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = float64(s.Syncs()-first[i].Syncs()) / s.Time.Sub(first[i].Time).Minutes()
+	}
+	return out
+}
