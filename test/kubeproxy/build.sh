@@ -140,7 +140,8 @@ if ! (cd "$moddir" && CGO_ENABLED=$cgo "$gobin" "${args[@]}" -ldflags="$ldflags"
       || { rm -f "$tmp"; die "building $cmd $version failed: see $out.log"; }
   else
     rm -f "$tmp"
-    grep -q '403\|404\|not found' "$out.log" && die "a module $cmd $version needs is not served by the module proxy: see $out.log"
+    missing=$(grep -o '[a-z0-9./-]*@v[0-9][^:]*: \(reading\|verifying\).* 40[34]' "$out.log" | head -1 | cut -d: -f1 || true)
+    [ -n "$missing" ] && die "$missing, which $cmd $version needs, is not served by the module proxy: pick another patch release of 1.$minor"
     die "building $cmd $version failed: see $out.log"
   fi
 fi

@@ -22,7 +22,7 @@ var Matrix = []Target{
 	{Build: Build{Version: "v1.24.17", Go: "/usr/lib/go-1.19/bin/go"}, Mode: IPTables},
 	{Build: Build{Version: "v1.29.15"}, Mode: NFTables},
 	{Build: Build{Version: "v1.29.15", Go: "go1.22.12"}, Mode: IPTables},
-	{Build: Build{Version: "v1.31.9"}, Mode: IPTables, DualStack: true},
+	{Build: Build{Version: "v1.32.8"}, Mode: NFTables},
 	{Build: Build{Version: "v1.33.5"}, Mode: IPTables},
 	{Build: Build{Version: "v1.33.5", PIE: true}, Mode: NFTables},
 	{Build: Build{Version: "v1.33.5", CGO: true}, Mode: IPTables},
