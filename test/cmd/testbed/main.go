@@ -2,7 +2,7 @@
 //
 //	testbed up [flags]   start a control plane and kube-proxies, leave them running, print how to reach them
 //	testbed down         stop every test bed this machine runs (recorded under /run/kptune-testbed)
-//	testbed demo         the README's demo: a real kube-proxy syncing under churn, then torn down
+//	testbed demo         the README's demo: kptune inspect, set and reset on a real kube-proxy under churn
 package main
 
 import (
@@ -10,7 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -144,11 +147,16 @@ func demo(ctx context.Context, args []string) error {
 	var k kpFlags
 	k.register(fs)
 	rate := fs.Float64("churn", 20, "EndpointSlice changes a second")
-	duration := fs.Duration("duration", 30*time.Second, "how long to churn")
+	window := fs.Duration("window", 30*time.Second, "how long each measurement lasts")
+	to := fs.Duration("set", 10*time.Second, "the minimum sync period kptune sets")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	fmt.Println("== kptune demo: a real kube-proxy, fed by a real API server, syncing under churn")
+	fmt.Println("== kptune demo: retune a real kube-proxy, fed by a real API server, under churn, without a restart")
+	kptune, err := buildKptune(ctx)
+	if err != nil {
+		return err
+	}
 	c, err := testbed.Up(ctx, testbed.ClusterOptions{Progress: os.Stdout})
 	if err != nil {
 		return err
@@ -165,41 +173,67 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 	kp := kps[0]
-	fmt.Printf("kube-proxy %s is syncing (pid %d, namespace %s)\n", kp.Options.Build, kp.PID(), kp.NS)
+	fmt.Printf("kube-proxy %s is syncing (pid %d, namespace %s)\n\n", kp.Options.Build, kp.PID(), kp.NS)
+	state := filepath.Join(c.Dir, "kptune-state")
+	pid := strconv.Itoa(kp.PID())
+	if err := show(ctx, kptune, "inspect", "--pid", pid); err != nil {
+		return err
+	}
 
 	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: *rate, Services: k.services, Endpoints: k.endpoints})
 	if err != nil {
 		return err
 	}
-	fmt.Printf("churning %.0f EndpointSlice changes/s for %v\n", *rate, *duration)
-	fmt.Printf("%8s %8s %10s %14s %12s\n", "time", "changes", "syncs", "syncs/min", "avg sync")
-	prev, err := kp.Metrics.Scrape(ctx)
+	fmt.Printf("churning %.0f EndpointSlice changes/s\n", *rate)
+	restarts := 0
+	measure := func(label string) (float64, error) {
+		s0, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(*window):
+		}
+		s1, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			return 0, err
+		}
+		n0, sum0 := s0.Histogram(kpmetrics.SyncDuration)
+		n1, sum1 := s1.Histogram(kpmetrics.SyncDuration)
+		perMin := float64(n1-n0) / s1.Time.Sub(s0.Time).Minutes()
+		avg := "-"
+		if n1 > n0 {
+			avg = time.Duration((sum1 - sum0) / float64(n1-n0) * float64(time.Second)).Round(100 * time.Microsecond).String()
+		}
+		if !kp.Running() {
+			restarts++
+		}
+		fmt.Printf("  %-28s %6.1f syncs/min   avg sync %s   (%d changes so far)\n", label, perMin, avg, churn.Changes())
+		return perMin, nil
+	}
+	before, err := measure(fmt.Sprintf("min-sync-period %v:", k.minSync))
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for time.Since(start) < *duration {
-		select {
-		case <-ctx.Done():
-			_, _ = churn.Stop()
-			return ctx.Err()
-		case <-tick.C:
-		}
-		cur, err := kp.Metrics.Scrape(ctx)
-		if err != nil {
-			return err
-		}
-		n0, s0 := prev.Histogram(kpmetrics.SyncDuration)
-		n1, s1 := cur.Histogram(kpmetrics.SyncDuration)
-		avg := "-"
-		if n1 > n0 {
-			avg = (time.Duration((s1 - s0) / float64(n1-n0) * float64(time.Second))).Round(100 * time.Microsecond).String()
-		}
-		perMin := float64(n1-n0) / cur.Time.Sub(prev.Time).Minutes()
-		fmt.Printf("%8s %8d %10d %14.1f %12s\n", time.Since(start).Round(time.Second), churn.Changes(), n1, perMin, avg)
-		prev = cur
+	fmt.Println()
+	if err := show(ctx, kptune, "set", "--pid", pid, "--min-sync-period", to.String(), "--state-dir", state); err != nil {
+		return err
+	}
+	time.Sleep(*to) // a burst stored in the token bucket drains
+	during, err := measure(fmt.Sprintf("after kptune set %v:", *to))
+	if err != nil {
+		return err
+	}
+	fmt.Println()
+	if err := show(ctx, kptune, "reset", "--pid", pid, "--state-dir", state); err != nil {
+		return err
+	}
+	time.Sleep(*to) // the new-generation runner re-reads its period after its current wait
+	after, err := measure("after kptune reset:")
+	if err != nil {
+		return err
 	}
 	changes, err := churn.Stop()
 	if err != nil {
@@ -212,7 +246,37 @@ func demo(ctx context.Context, args []string) error {
 	if missing := testbed.MissingServices(rules, k.services); len(missing) > 0 {
 		return fmt.Errorf("%d Services missing from kube-proxy's rules", len(missing))
 	}
-	fmt.Printf("%d changes applied; all %d Services are in kube-proxy's rules (%d rule lines)\n",
-		changes, k.services, strings.Count(rules, "\n"))
+	if restarts > 0 || !kp.Running() {
+		return fmt.Errorf("kube-proxy exited during the demo: see %s", kp.Log())
+	}
+	fmt.Printf("\nsyncs/min %.1f → %.1f (÷%.1f) → %.1f after reset; kube-proxy never restarted (pid %d); %d changes applied, all %d Services in its rules\n",
+		before, during, before/max(during, 0.01), after, kp.PID(), changes, k.services)
+	return nil
+}
+
+// buildKptune builds the kptune command into a temporary directory.
+func buildKptune(ctx context.Context) (string, error) {
+	dir, err := os.MkdirTemp("", "kptune-demo-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "kptune")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/kptune")
+	cmd.Dir = testbed.RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build kptune: %v: %s", err, out)
+	}
+	return bin, nil
+}
+
+// show runs a kptune command, printing it and its output.
+func show(ctx context.Context, bin string, args ...string) error {
+	fmt.Printf("$ kptune %s\n", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("kptune %s: %w", strings.Join(args, " "), err)
+	}
+	fmt.Println()
 	return nil
 }
