@@ -5,7 +5,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build setup prebuild test test-unit test-matrix demo cluster-up cluster-down clean
+.PHONY: all build setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -36,6 +36,12 @@ test-unit:
 test-matrix:
 	./test/setup.sh --matrix
 	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/inspect/
+
+# Benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):
+# inspect's wall time and peak RSS; a retune by kptune against perf probe + gdb, side by side.
+bench: prebuild
+	./test/setup.sh --bench
+	KPTUNE_BENCH_RECORD=1 $(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-10x} -timeout 90m ./test/bench | tee bench/results/bench.txt
 
 demo: setup
 	$(GO) run ./test/cmd/testbed demo

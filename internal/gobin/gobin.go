@@ -1,7 +1,7 @@
 // Package gobin analyses a Go executable without its symbols or debug information: what stripped
 // (-s -w) release builds keep is enough. It reads the build information (debug/buildinfo), finds the
-// runtime's moduledata, and through it the function table (.gopclntab, read with debug/gosym) and
-// the type descriptors.
+// runtime's moduledata, and through it the type descriptors and, when asked for, the function table
+// (.gopclntab, read with debug/gosym).
 //
 // Format history that the code branches on:
 //   - The pclntab header has held the text start since Go 1.18, but Go 1.26 writes 0 there, and
@@ -25,6 +25,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ErrNotGo is returned for an executable without Go build information.
@@ -47,10 +48,12 @@ type Binary struct {
 	Types      uint64 // moduledata.types: what type and name offsets are relative to
 	ETypes     uint64
 
-	table  *gosym.Table
-	relocs []reloc
-	types  []byte // moduledata.types..etypes, read on first use
-	close  io.Closer
+	table     *gosym.Table
+	tableErr  error
+	tableOnce sync.Once
+	relocs    []reloc
+	types     []byte // moduledata.types..etypes, read on first use
+	close     io.Closer
 }
 
 // Open analyses the executable at path (for a live process, /proc/PID/exe).
@@ -101,22 +104,13 @@ func New(r io.ReaderAt) (*Binary, error) {
 		b.PtrSize = 4
 	}
 
-	pcln, pclnAddr, err := b.pclntab()
+	pclnAddr, err := b.pclntabAddr()
 	if err != nil {
 		return nil, err
 	}
 	if err := b.findModuleData(pclnAddr); err != nil {
 		return nil, err
 	}
-	lt := gosym.NewLineTable(pcln, b.Text)
-	tab, err := gosym.NewTable(nil, lt)
-	if err != nil {
-		return nil, fmt.Errorf("read function table: %w", err)
-	}
-	if len(tab.Funcs) == 0 {
-		return nil, errors.New("read function table: no functions")
-	}
-	b.table = tab
 	return b, nil
 }
 
@@ -133,46 +127,68 @@ func goMinor(v string) int {
 	return n
 }
 
-// pclntab returns the function table's bytes and address.
-func (b *Binary) pclntab() ([]byte, uint64, error) {
+// pclntabSection returns the function table's section.
+func (b *Binary) pclntabSection() (*elf.Section, error) {
 	for _, name := range []string{".gopclntab", ".data.rel.ro.gopclntab"} {
 		if s := b.ELF.Section(name); s != nil && s.Type != elf.SHT_NOBITS {
-			data, err := s.Data()
-			if err != nil {
-				return nil, 0, fmt.Errorf("read %s: %w", name, err)
-			}
-			return data, s.Addr, nil
+			return s, nil
 		}
 	}
-	return nil, 0, errors.New("no .gopclntab section: the function table is missing")
+	return nil, errors.New("no .gopclntab section: the function table is missing")
+}
+
+func (b *Binary) pclntabAddr() (uint64, error) {
+	s, err := b.pclntabSection()
+	if err != nil {
+		return 0, err
+	}
+	return s.Addr, nil
+}
+
+// funcTable reads the function table on first use: it is the largest part of a binary (27 MiB for
+// kube-proxy 1.33), and inspecting a process does not need it.
+func (b *Binary) funcTable() (*gosym.Table, error) {
+	b.tableOnce.Do(func() {
+		s, err := b.pclntabSection()
+		if err != nil {
+			b.tableErr = err
+			return
+		}
+		data, err := s.Data()
+		if err != nil {
+			b.tableErr = fmt.Errorf("read %s: %w", s.Name, err)
+			return
+		}
+		tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, b.Text))
+		switch {
+		case err != nil:
+			b.tableErr = fmt.Errorf("read function table: %w", err)
+		case len(tab.Funcs) == 0:
+			b.tableErr = errors.New("read function table: no functions")
+		default:
+			b.table = tab
+		}
+	})
+	return b.table, b.tableErr
 }
 
 // Func returns the entry and end addresses (in the file's image) of the named function.
 func (b *Binary) Func(name string) (entry, end uint64, ok bool) {
-	f := b.table.LookupFunc(name)
+	tab, err := b.funcTable()
+	if err != nil {
+		return 0, 0, false
+	}
+	f := tab.LookupFunc(name)
 	if f == nil {
 		return 0, 0, false
 	}
 	return f.Entry, f.End, true
 }
 
-// FuncAt names the function holding pc.
-func (b *Binary) FuncAt(pc uint64) string {
-	if f := b.table.PCToFunc(pc); f != nil {
-		return f.Name
-	}
-	return ""
-}
-
-// FuncsWithPrefix lists the functions whose names start with prefix.
-func (b *Binary) FuncsWithPrefix(prefix string) []string {
-	var out []string
-	for _, f := range b.table.Funcs {
-		if strings.HasPrefix(f.Name, prefix) {
-			out = append(out, f.Name)
-		}
-	}
-	return out
+// FuncTableErr reports why the function table could not be read, if it could not.
+func (b *Binary) FuncTableErr() error {
+	_, err := b.funcTable()
+	return err
 }
 
 // ReadAt reads len(p) bytes of the file's image at virtual address addr (unrelocated).

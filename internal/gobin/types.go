@@ -48,16 +48,33 @@ const (
 // gcdata, str+ptrToThis.
 func (b *Binary) typeHeaderSize() int { return 4*b.PtrSize + 8 + 8 }
 
+func (b *Binary) loadTypes() error {
+	if b.types != nil {
+		return nil
+	}
+	types := make([]byte, b.ETypes-b.Types)
+	if err := b.ReadAt(types, b.Types); err != nil {
+		return fmt.Errorf("read type descriptors: %w", err)
+	}
+	b.types = types
+	return nil
+}
+
+// HasTypeName reports whether the binary has a type descriptor string "*"+name, which every named
+// type has whose pointer type exists (any type with pointer methods).
+func (b *Binary) HasTypeName(name string) (bool, error) {
+	if err := b.loadTypes(); err != nil {
+		return false, err
+	}
+	return len(b.findNames("*"+name)) > 0, nil
+}
+
 // StructType reads the layout of the named struct type ("async.BoundedFrequencyRunner") of package
 // pkgPath from the binary's runtime type descriptors, which stripped binaries keep for reflection,
 // interface conversions and the garbage collector.
 func (b *Binary) StructType(name, pkgPath string) (Struct, error) {
-	if b.types == nil {
-		b.types = make([]byte, b.ETypes-b.Types)
-		if err := b.ReadAt(b.types, b.Types); err != nil {
-			b.types = nil
-			return Struct{}, fmt.Errorf("read type descriptors: %w", err)
-		}
+	if err := b.loadTypes(); err != nil {
+		return Struct{}, err
 	}
 	// A named type's string is stored once as "*pkg.Name", flagged so that the type itself skips
 	// the star; the pointer type shares it.

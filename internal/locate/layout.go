@@ -48,10 +48,34 @@ type Layout struct {
 	TBLimiter, TBQPS, RateLimit, RateBurst  uint64 // old generation: offsets in the token bucket and rate.Limiter
 }
 
-// DetectGeneration tells the runner generation from the functions the binary holds.
+// DetectGeneration tells the runner generation from the type descriptors the binary holds: a
+// BoundedFrequencyRunner of one package or the other. It reads no function table (27 MiB in a
+// kube-proxy); GenerationFromFunctions is the same decision from the functions, and tests hold the
+// two to agreement.
 func DetectGeneration(b *gobin.Binary) (Generation, error) {
+	old, err := b.HasTypeName("async.BoundedFrequencyRunner")
+	if err != nil {
+		return "", err
+	}
+	cur, err := b.HasTypeName("runner.BoundedFrequencyRunner")
+	if err != nil {
+		return "", err
+	}
+	return decide(old, cur)
+}
+
+// GenerationFromFunctions tells the generation from which runner functions exist: tryRun (k8s ≤
+// 1.33) or the new package's Loop (k8s ≥ 1.34).
+func GenerationFromFunctions(b *gobin.Binary) (Generation, error) {
+	if err := b.FuncTableErr(); err != nil {
+		return "", err
+	}
 	_, _, old := b.Func(AsyncTryRun)
 	_, _, cur := b.Func(RunnerLoop)
+	return decide(old, cur)
+}
+
+func decide(old, cur bool) (Generation, error) {
 	switch {
 	case old && !cur:
 		return Async, nil

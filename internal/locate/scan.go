@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"time"
 
@@ -69,24 +70,31 @@ func LoadBias(b *gobin.Binary, maps []procfs.Mapping, exeInode uint64) (uint64, 
 }
 
 // nameAddrs returns the addresses (in the file's image) of the bytes "sync-runner" in the
-// executable's read-only data: a runner's name header points at one of them.
+// executable's read-only data: a runner's name header points at one of them. Sections are read in
+// chunks, so that the 10 MiB of a kube-proxy's .rodata is never held at once.
 func nameAddrs(b *gobin.Binary) []uint64 {
 	var out []uint64
+	needle := []byte(RunnerName)
+	buf := make([]byte, chunk+len(needle))
 	for _, s := range b.ELF.Sections {
 		if s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_WRITE != 0 || s.Flags&elf.SHF_EXECINSTR != 0 || s.Type == elf.SHT_NOBITS {
 			continue
 		}
-		data, err := s.Data()
-		if err != nil {
-			continue
-		}
-		for i := 0; ; {
-			j := bytes.Index(data[i:], []byte(RunnerName))
-			if j < 0 {
+		r := s.Open()
+		for off := uint64(0); off < s.Size; off += chunk {
+			n, _ := r.Seek(int64(off), 0)
+			if n != int64(off) {
 				break
 			}
-			out = append(out, s.Addr+uint64(i+j))
-			i += j + 1
+			m, _ := io.ReadFull(r, buf[:min(uint64(len(buf)), s.Size-off)])
+			for i := 0; ; {
+				j := bytes.Index(buf[i:m], needle)
+				if j < 0 || uint64(i+j) >= chunk {
+					break
+				}
+				out = append(out, s.Addr+off+uint64(i+j))
+				i += j + 1
+			}
 		}
 	}
 	return out

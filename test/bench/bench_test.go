@@ -1,0 +1,368 @@
+// Package bench measures kptune on real kube-proxy at scale: inspect's wall time and peak memory,
+// and a retune's stop and total time side by side with the approach kptune replaces (capture the
+// runner with `perf probe`, write its fields with `gdb -p`). Run with `make bench`.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"kptune/internal/freeze"
+	"kptune/internal/gobin"
+	"kptune/internal/locate"
+	"kptune/test/testbed"
+)
+
+var (
+	services  = envInt("KPTUNE_BENCH_SERVICES", 5000)
+	endpoints = envInt("KPTUNE_BENCH_ENDPOINTS", 10)
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// bed is one control plane and one kube-proxy v1.33 holding services × endpoints, under churn,
+// shared by the benchmarks of a run.
+type bed struct {
+	c      *testbed.Cluster
+	kp     *testbed.KubeProxy
+	kptune string
+	churn  *testbed.Churner
+}
+
+var (
+	once   sync.Once
+	shared *bed
+	setup  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		_, _ = shared.churn.Stop()
+		_ = shared.c.Down()
+	}
+	os.Exit(code)
+}
+
+func get(b *testing.B) *bed {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: network namespaces, iptables and ptrace")
+	}
+	once.Do(func() { shared, setup = newBed() })
+	if setup != nil {
+		b.Fatal(setup)
+	}
+	return shared
+}
+
+func newBed() (*bed, error) {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "kptune-bench-")
+	if err != nil {
+		return nil, err
+	}
+	kptune := filepath.Join(dir, "kptune")
+	cmd := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
+	cmd.Dir = testbed.RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build kptune: %v: %s", err, out)
+	}
+	c, err := testbed.Up(ctx, testbed.ClusterOptions{Progress: os.Stderr})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "loading %d Services x %d endpoints\n", services, endpoints)
+	start := time.Now()
+	if err := c.Load(ctx, services, endpoints); err != nil {
+		_ = c.Down()
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "loaded in %v\n", time.Since(start).Round(time.Second))
+	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.IPTables,
+		MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	if err == nil {
+		err = kp.WaitSynced(ctx, 1, 10*time.Minute)
+	}
+	if err != nil {
+		_ = c.Down()
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "kube-proxy synced %d Services after %v\n", services, time.Since(start).Round(time.Second))
+	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: services, Endpoints: endpoints})
+	if err != nil {
+		_ = c.Down()
+		return nil, err
+	}
+	return &bed{c: c, kp: kp, kptune: kptune, churn: churn}, nil
+}
+
+// run runs kptune and returns its output, wall time and peak RSS.
+func (e *bed) run(b *testing.B, args ...string) ([]byte, time.Duration, int64) {
+	b.Helper()
+	cmd := exec.Command(e.kptune, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("kptune %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	}
+	wall := time.Since(start)
+	return out.Bytes(), wall, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss * 1024
+}
+
+// BenchmarkInspect: `kptune inspect --pid N -o json` against the kube-proxy at scale.
+func BenchmarkInspect(b *testing.B) {
+	e := get(b)
+	pid := strconv.Itoa(e.kp.PID())
+	var walls []time.Duration
+	var rss int64
+	for b.Loop() {
+		out, wall, maxrss := e.run(b, "inspect", "--pid", pid, "-o", "json")
+		var r struct {
+			Processes []struct {
+				Runners []struct{ MinInterval string } `json:"runners"`
+			} `json:"processes"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil || len(r.Processes) != 1 || len(r.Processes[0].Runners) != 1 {
+			b.Fatalf("inspect output: %v: %s", err, out)
+		}
+		walls = append(walls, wall)
+		rss = max(rss, maxrss)
+	}
+	b.ReportMetric(ms(pct(walls, 50)), "wall-p50-ms")
+	b.ReportMetric(ms(pct(walls, 100)), "wall-max-ms")
+	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+	record(b, "inspect", map[string]any{"services": services, "endpoints": endpoints, "wallP50ms": ms(pct(walls, 50)),
+		"wallMaxMs": ms(pct(walls, 100)), "peakRSSMiB": float64(rss) / (1 << 20), "runs": len(walls)})
+}
+
+// BenchmarkRetune: each iteration retunes the same kube-proxy once with kptune and once the way
+// the original write-up did (perf probe to capture the runner's address, gdb -p to write its
+// fields), and reports both and their ratios.
+func BenchmarkRetune(b *testing.B) {
+	e := get(b)
+	for _, tool := range []string{"perf", "gdb"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skipf("needs %s for the comparison: run test/setup.sh --bench", tool)
+		}
+	}
+	pid := strconv.Itoa(e.kp.PID())
+	state := b.TempDir()
+	var kStop, kTotal, gStop, gTotal, gCapture []time.Duration
+	// kptune alternates 1.5s and 1.2s, gdb writes 1s in between: every write changes the fields.
+	periods := []string{"1500ms", "1200ms"}
+	i := 0
+	for b.Loop() {
+		out, wall, _ := e.run(b, "set", "--pid", pid, "--min-sync-period", periods[i%2], "--state-dir", state, "-o", "json")
+		var r struct {
+			Processes []struct {
+				StoppedNS int64 `json:"stoppedNanoseconds"`
+			} `json:"processes"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil || len(r.Processes) != 1 {
+			b.Fatalf("set output: %v: %s", err, out)
+		}
+		kStop = append(kStop, time.Duration(r.Processes[0].StoppedNS))
+		kTotal = append(kTotal, wall)
+
+		capture, stop, total := gdbRetune(b, e, "1s")
+		gCapture, gStop, gTotal = append(gCapture, capture), append(gStop, stop), append(gTotal, total)
+		i++
+	}
+	b.ReportMetric(us(pct(kStop, 50)), "kptune-stop-p50-µs")
+	b.ReportMetric(us(pct(kStop, 99)), "kptune-stop-p99-µs")
+	b.ReportMetric(ms(pct(kTotal, 50)), "kptune-total-p50-ms")
+	b.ReportMetric(ms(pct(gStop, 50)), "gdb-stop-p50-ms")
+	b.ReportMetric(ms(pct(gTotal, 50)), "perf+gdb-total-p50-ms")
+	b.ReportMetric(float64(pct(gStop, 50))/float64(pct(kStop, 50)), "stop-ratio")
+	b.ReportMetric(float64(pct(gTotal, 50))/float64(pct(kTotal, 50)), "total-ratio")
+	record(b, "retune", map[string]any{"services": services, "endpoints": endpoints, "iterations": len(kStop),
+		"kptuneStopP50us": us(pct(kStop, 50)), "kptuneStopP99us": us(pct(kStop, 99)), "kptuneStopMaxUs": us(pct(kStop, 100)),
+		"kptuneTotalP50ms": ms(pct(kTotal, 50)), "gdbStopP50ms": ms(pct(gStop, 50)), "gdbStopMaxMs": ms(pct(gStop, 100)),
+		"perfCaptureP50ms": ms(pct(gCapture, 50)), "perfGdbTotalP50ms": ms(pct(gTotal, 50))})
+	_, _, _ = e.run(b, "reset", "--pid", pid, "--state-dir", state)
+}
+
+var runnerArg = regexp.MustCompile(`runner=(0x[0-9a-f]+)`)
+
+// gdbRetune is the write-up's approach: an entry uprobe on tryRun captures the runner (RAX, the
+// receiver under Go's register ABI), then gdb attaches, writes minInterval, qps and limit, and
+// detaches. The field offsets are kptune's; only the mechanics are the write-up's. It returns the
+// capture time, how long gdb held the process (TracerPid set), and the total.
+func gdbRetune(b *testing.B, e *bed, period string) (capture, stop, total time.Duration) {
+	b.Helper()
+	d, err := time.ParseDuration(period)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bin, err := gobin.Open(e.kp.Binary)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bin.Close()
+	l, err := locate.LayoutOf(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	off, err := fileOffset(bin, locate.AsyncTryRun)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	probe := fmt.Sprintf("kptbench=%#x runner=%%ax:x64", off)
+	if out, err := exec.Command("perf", "probe", "-q", "-x", e.kp.Binary, "-a", probe).CombinedOutput(); err != nil {
+		b.Fatalf("perf probe: %v: %s", err, out)
+	}
+	defer exec.Command("perf", "probe", "-q", "-d", "probe_kube:kptbench").Run()
+	data := filepath.Join(b.TempDir(), "perf.data")
+	var runner uint64
+	for try := 0; try < 5 && runner == 0; try++ {
+		rec := exec.Command("perf", "record", "-q", "-e", "probe_kube:kptbench", "-p", strconv.Itoa(e.kp.PID()), "-o", data, "--", "sleep", "1")
+		if out, err := rec.CombinedOutput(); err != nil {
+			b.Fatalf("perf record: %v: %s", err, out)
+		}
+		out, err := exec.Command("perf", "script", "-i", data).Output()
+		if err != nil {
+			b.Fatalf("perf script: %v", err)
+		}
+		if m := runnerArg.FindSubmatch(out); m != nil {
+			runner, _ = strconv.ParseUint(string(m[1]), 0, 64)
+		}
+	}
+	if runner == 0 {
+		b.Fatal("perf probe captured no tryRun in 5s of churn")
+	}
+	capture = time.Since(start)
+
+	// The limiter chain, read the way gdb users would: from the captured runner.
+	mem := readWord(b, e.kp.PID(), runner+l.Limiter+8)
+	rl := readWord(b, e.kp.PID(), mem+l.TBLimiter)
+	qps := locate.QPSFor(d)
+	gdb := exec.Command("gdb", "-p", strconv.Itoa(e.kp.PID()), "-batch", "-nx",
+		"-ex", fmt.Sprintf("set *(long*)%#x = %d", runner+l.MinInterval, int64(d)),
+		"-ex", fmt.Sprintf("set *(float*)%#x = %v", mem+l.TBQPS, qps),
+		"-ex", fmt.Sprintf("set *(double*)%#x = (double)(float)%v", rl+l.RateLimit, qps),
+		"-ex", "detach")
+	held := watchTracer(e.kp.PID())
+	if out, err := gdb.CombinedOutput(); err != nil {
+		b.Fatalf("gdb: %v: %s", err, out)
+	}
+	stop = held()
+	total = time.Since(start)
+	return capture, stop, total
+}
+
+// watchTracer polls the target's TracerPid every 200µs and returns a function that stops the watch
+// and reports how long a tracer was attached.
+func watchTracer(pid int) func() time.Duration {
+	done := make(chan struct{})
+	res := make(chan time.Duration, 1)
+	go func() {
+		var held time.Duration
+		var since time.Time
+		for {
+			tp, _ := freeze.TracerPID(pid)
+			now := time.Now()
+			switch {
+			case tp != 0 && since.IsZero():
+				since = now
+			case tp == 0 && !since.IsZero():
+				held += now.Sub(since)
+				since = time.Time{}
+			}
+			select {
+			case <-done:
+				if !since.IsZero() {
+					held += time.Since(since)
+				}
+				res <- held
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+		}
+	}()
+	return func() time.Duration { close(done); return <-res }
+}
+
+func readWord(b *testing.B, pid int, addr uint64) uint64 {
+	b.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	var buf [8]byte
+	if _, err := f.ReadAt(buf[:], int64(addr)); err != nil {
+		b.Fatal(err)
+	}
+	return binary.LittleEndian.Uint64(buf[:])
+}
+
+// fileOffset converts a function's address to the file offset perf probe wants.
+func fileOffset(bin *gobin.Binary, fn string) (uint64, error) {
+	entry, _, ok := bin.Func(fn)
+	if !ok {
+		return 0, fmt.Errorf("no %s", fn)
+	}
+	for _, p := range bin.ELF.Progs {
+		if p.Type == elf.PT_LOAD && entry >= p.Vaddr && entry < p.Vaddr+p.Filesz {
+			return entry - p.Vaddr + p.Off, nil
+		}
+	}
+	return 0, fmt.Errorf("%s at %#x is in no loaded segment", fn, entry)
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// record writes a benchmark's figures to bench/results/NAME.json when KPTUNE_BENCH_RECORD is set.
+func record(b *testing.B, name string, figures map[string]any) {
+	if os.Getenv("KPTUNE_BENCH_RECORD") == "" {
+		return
+	}
+	host, _ := os.Hostname()
+	figures["when"] = time.Now().UTC().Format(time.RFC3339)
+	figures["machine"] = fmt.Sprintf("%s, %d CPUs", host, runtime.NumCPU())
+	figures["kubeProxy"] = "v1.33.5 iptables, built by test/kubeproxy/build.sh"
+	out, err := json.MarshalIndent(figures, "", "  ")
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(testbed.RepoRoot(), "bench", "results", name+".json")
+	if err := os.WriteFile(path, append(out, '\n'), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
