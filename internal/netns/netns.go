@@ -35,7 +35,7 @@ func ForName(name string) Dialer { return Dialer{Path: "/run/netns/" + name} }
 // DialContext connects to address, which must be an IP literal and port: name resolution inside
 // another namespace would read this namespace's resolver configuration.
 func (d Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if d.Path == "" {
+	if d.Path == "" || d.current() {
 		var nd net.Dialer
 		return nd.DialContext(ctx, network, address)
 	}
@@ -85,4 +85,14 @@ func (d Dialer) Do(fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// current reports whether the namespace is the caller's own (kube-proxy with hostNetwork, seen from
+// the host): then no switch, and no CAP_SYS_ADMIN, is needed.
+func (d Dialer) current() bool {
+	var a, b unix.Stat_t
+	if unix.Stat(d.Path, &a) != nil || unix.Stat("/proc/self/ns/net", &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }
