@@ -144,8 +144,10 @@ func TestTracerKilledInsideTheStop(t *testing.T) {
 		if _, err := out.Read(buf); err != nil || !strings.HasPrefix(string(buf), "stopped") {
 			t.Fatalf("the tracer did not report the stop: %q %v", buf, err)
 		}
-		if tp, _ := TracerPID(f.PID); tp != cmd.Process.Pid {
-			t.Fatalf("TracerPid %d, want the tracer %d", tp, cmd.Process.Pid)
+		// TracerPid names the tracing thread; its thread group is the tracer process.
+		tp, _ := TracerPID(f.PID)
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tp)); err != nil || !strings.Contains(string(st), fmt.Sprintf("\nTgid:\t%d\n", cmd.Process.Pid)) {
+			t.Fatalf("TracerPid %d is not a thread of the tracer %d", tp, cmd.Process.Pid)
 		}
 		runs := len(f.Runs())
 		_ = cmd.Process.Signal(syscall.SIGKILL)

@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"kptune/internal/freeze"
 	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
@@ -188,6 +193,68 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("kptune killed inside the stop", func(t *testing.T) {
+		kp := pairs[1].a
+		bin := filepath.Join(t.TempDir(), "kptune")
+		build := exec.Command("go", "build", "-o", bin, "./cmd/kptune")
+		build.Dir = testbed.RepoRoot()
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build kptune: %v: %s", err, out)
+		}
+		for i, period := range []string{"3s", "4s", "5s"} {
+			cmd := exec.Command(bin, "set", "--pid", strconv.Itoa(kp.PID()), "--min-sync-period", period, "--hold-stop", "30s", "--state-dir", store.Dir)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// TracerPid names the tracing thread; its thread group is kptune.
+			deadline := time.Now().Add(10 * time.Second)
+			for !tracedBy(kp.PID(), cmd.Process.Pid) {
+				if time.Now().After(deadline) {
+					_ = cmd.Process.Kill()
+					_ = cmd.Wait()
+					t.Fatalf("kptune never stopped kube-proxy: %s", stderr.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			time.Sleep(200 * time.Millisecond)
+			if tp, err := freeze.TracerPID(kp.PID()); tp != 0 || err != nil {
+				t.Fatalf("round %d: TracerPid %d (%v) after kptune was killed", i, tp, err)
+			}
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", kp.PID()))
+			if err != nil || strings.Contains(string(st), "State:\tt") || strings.Contains(string(st), "State:\tT") {
+				t.Fatalf("round %d: kube-proxy stopped after kptune was killed: %v", i, err)
+			}
+		}
+		// It still syncs: a change reaches its rules.
+		before, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		churn, err := c.Churn(ctx, ChurnOptions(services, endpoints))
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(12 * time.Second)
+		if _, err := churn.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		after, err := kp.Metrics.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Syncs() <= before.Syncs() || !kp.Running() {
+			t.Fatalf("kube-proxy did not sync after kptune was killed (%d → %d syncs)", before.Syncs(), after.Syncs())
+		}
+		// The writes landed before the hold; reset restores the original period from the record.
+		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("bad input", func(t *testing.T) {
 		d := time.Second
 		if _, err := Set(Options{PID: 999999999, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "no process") {
@@ -199,6 +266,16 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			t.Errorf("a period past syncPeriod: %v", err)
 		}
 	})
+}
+
+// tracedBy reports whether a thread of process tracer traces pid.
+func tracedBy(pid, tracer int) bool {
+	tp, err := freeze.TracerPID(pid)
+	if err != nil || tp == 0 {
+		return false
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tp))
+	return err == nil && strings.Contains(string(st), fmt.Sprintf("\nTgid:\t%d\n", tracer))
 }
 
 // ChurnOptions is the steady churn the test runs under: 20 changes a second.
