@@ -365,4 +365,3 @@ func record(b *testing.B, name string, figures map[string]any) {
 		b.Fatal(err)
 	}
 }
-
