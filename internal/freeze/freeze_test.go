@@ -93,18 +93,24 @@ func TestStopsEveryThreadAndReleasesThem(t *testing.T) {
 		}
 	}
 	t.Logf("%d threads stopped for %v", st.Threads, st.Stopped)
+	checkReleased(t, f, "a stop")
+}
+
+// checkReleased checks that nothing traces or stops the fixture, and that its runner runs on.
+func checkReleased(t *testing.T, f *testbed.FixtureProcess, after string) {
+	t.Helper()
 	runs := len(f.Runs())
 	time.Sleep(500 * time.Millisecond)
-	if tp, _ := TracerPID(f.PID); tp != 0 {
-		t.Errorf("TracerPid %d after release", tp)
+	if tp, err := TracerPID(f.PID); tp != 0 || err != nil {
+		t.Fatalf("TracerPid %d (%v) after %s", tp, err, after)
 	}
 	for tid, s := range states(t, f.PID) {
 		if s == 't' || s == 'T' {
-			t.Errorf("thread %d still stopped (%c) after release", tid, s)
+			t.Fatalf("thread %d stopped (%c) after %s", tid, s, after)
 		}
 	}
 	if len(f.Runs()) <= runs {
-		t.Errorf("the runner did not run after the release")
+		t.Fatalf("the runner did not run after %s", after)
 	}
 }
 
@@ -115,14 +121,7 @@ func TestErrorInsideStillReleases(t *testing.T) {
 	if _, err := Do(f.PID, func() error { return boom }); !errors.Is(err, boom) {
 		t.Fatalf("got %v", err)
 	}
-	runs := len(f.Runs())
-	time.Sleep(500 * time.Millisecond)
-	if tp, err := TracerPID(f.PID); tp != 0 || err != nil {
-		t.Errorf("TracerPid %d (%v) after a failed fn", tp, err)
-	}
-	if len(f.Runs()) <= runs {
-		t.Errorf("the runner did not run after the release")
-	}
+	checkReleased(t, f, "a failed fn")
 }
 
 // TestTracerKilledInsideTheStop kills the tracer (SIGKILL) while it holds the process stopped: the
@@ -149,21 +148,9 @@ func TestTracerKilledInsideTheStop(t *testing.T) {
 		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tp)); err != nil || !strings.Contains(string(st), fmt.Sprintf("\nTgid:\t%d\n", cmd.Process.Pid)) {
 			t.Fatalf("TracerPid %d is not a thread of the tracer %d", tp, cmd.Process.Pid)
 		}
-		runs := len(f.Runs())
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
-		time.Sleep(500 * time.Millisecond)
-		if tp, _ := TracerPID(f.PID); tp != 0 {
-			t.Fatalf("TracerPid %d after the tracer was killed", tp)
-		}
-		for tid, s := range states(t, f.PID) {
-			if s == 't' || s == 'T' {
-				t.Fatalf("thread %d stopped (%c) after the tracer was killed", tid, s)
-			}
-		}
-		if len(f.Runs()) <= runs {
-			t.Fatalf("the runner did not run after the tracer was killed")
-		}
+		checkReleased(t, f, "the tracer was killed")
 	}
 }
 

@@ -34,15 +34,20 @@ func (m Process) ReadAt(p []byte, addr uint64) error {
 	local := []unix.Iovec{{Base: &p[0], Len: uint64(len(p))}}
 	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(p)}}
 	n, err := unix.ProcessVMReadv(m.PID, local, remote, 0)
+	return m.check("read", addr, n, len(p), err)
+}
+
+// check turns the result of a process_vm_* call into an error that says what to do.
+func (m Process) check(op string, addr uint64, n, want int, err error) error {
 	switch {
 	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("read memory of pid %d: %w", m.PID, ErrExited)
+		return fmt.Errorf("%s memory of pid %d: %w", op, m.PID, ErrExited)
 	case errors.Is(err, syscall.EPERM):
-		return fmt.Errorf("read memory of pid %d: %w", m.PID, ErrPermission)
+		return fmt.Errorf("%s memory of pid %d: %w", op, m.PID, ErrPermission)
 	case err != nil:
-		return fmt.Errorf("read memory of pid %d at %#x: %w", m.PID, addr, err)
-	case n != len(p):
-		return fmt.Errorf("read memory of pid %d at %#x: short read (%d of %d bytes)", m.PID, addr, n, len(p))
+		return fmt.Errorf("%s memory of pid %d at %#x: %w", op, m.PID, addr, err)
+	case n != want:
+		return fmt.Errorf("%s memory of pid %d at %#x: short %s (%d of %d bytes)", op, m.PID, addr, op, n, want)
 	}
 	return nil
 }
@@ -70,15 +75,5 @@ func (m Process) WriteAt(p []byte, addr uint64) error {
 	local := []unix.Iovec{{Base: &p[0], Len: uint64(len(p))}}
 	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(p)}}
 	n, err := unix.ProcessVMWritev(m.PID, local, remote, 0)
-	switch {
-	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("write memory of pid %d: %w", m.PID, ErrExited)
-	case errors.Is(err, syscall.EPERM):
-		return fmt.Errorf("write memory of pid %d: %w", m.PID, ErrPermission)
-	case err != nil:
-		return fmt.Errorf("write memory of pid %d at %#x: %w", m.PID, addr, err)
-	case n != len(p):
-		return fmt.Errorf("write memory of pid %d at %#x: short write (%d of %d bytes)", m.PID, addr, n, len(p))
-	}
-	return nil
+	return m.check("write", addr, n, len(p), err)
 }

@@ -194,14 +194,7 @@ func set(o Options, pid int) (ProcessResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
-		rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
-		for _, w := range ws {
-			rr.Fields = append(rr.Fields, w.Field)
-		}
-		res.Runners = append(res.Runners, rr)
-		if len(ws) > 0 {
-			rws = append(rws, patch.RunnerWrites{Found: f, Writes: ws})
-		}
+		rws = addRunner(&res, rws, f, v, ws)
 	}
 	if o.DryRun || len(rws) == 0 {
 		res.Total = time.Since(start).String()
@@ -210,14 +203,35 @@ func set(o Options, pid int) (ProcessResult, error) {
 	if err := remember(o.Store, p); err != nil {
 		return res, err
 	}
+	if err := apply(o, p, &res, rws, "set"); err != nil {
+		return res, err
+	}
+	res.Total = time.Since(start).String()
+	return res, nil
+}
+
+// addRunner adds a runner's planned change to the result, and to the writes if it has any.
+func addRunner(res *ProcessResult, rws []patch.RunnerWrites, f locate.Found, v patch.Values, ws []patch.Write) []patch.RunnerWrites {
+	rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
+	for _, w := range ws {
+		rr.Fields = append(rr.Fields, w.Field)
+	}
+	res.Runners = append(res.Runners, rr)
+	if len(ws) == 0 {
+		return rws
+	}
+	return append(rws, patch.RunnerWrites{Found: f, Writes: ws})
+}
+
+// apply writes inside one stop of the process, then audits each runner's change.
+func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites, action string) error {
 	st, err := patch.Apply(p.target, rws)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
 	if err != nil {
-		return res, fmt.Errorf("pid %d: %w", pid, err)
+		return fmt.Errorf("pid %d: %w", p.proc.PID, err)
 	}
-	res.Total = time.Since(start).String()
-	audit(o, "set", pid, res.Runners, st.Stopped)
-	return res, nil
+	audit(o, action, p.proc.PID, res.Runners, st.Stopped)
+	return nil
 }
 
 // remember saves the original values before the first change of a process.
@@ -268,26 +282,16 @@ func reset(o Options, pid int) (ProcessResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
-		rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
-		for _, w := range ws {
-			rr.Fields = append(rr.Fields, w.Field)
-		}
-		res.Runners = append(res.Runners, rr)
-		if len(ws) > 0 {
-			rws = append(rws, patch.RunnerWrites{Found: f, Writes: ws})
-		}
+		rws = addRunner(&res, rws, f, v, ws)
 	}
 	if o.DryRun {
 		res.Total = time.Since(start).String()
 		return res, nil
 	}
 	if len(rws) > 0 {
-		st, err := patch.Apply(p.target, rws)
-		res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
-		if err != nil {
-			return res, fmt.Errorf("pid %d: %w", pid, err)
+		if err := apply(o, p, &res, rws, "reset"); err != nil {
+			return res, err
 		}
-		audit(o, "reset", pid, res.Runners, st.Stopped)
 	}
 	if err := o.Store.Remove(pid, p.proc.StartTime); err != nil {
 		return res, err
