@@ -257,3 +257,41 @@ func (b *Binary) BuildID() string {
 	}
 	return string(bytes.TrimRight(data[16:16+descsz], "\x00"))
 }
+
+// StringVars returns the values of the string variables initialised in the binary's data (string
+// headers whose pointer leads into read-only data) that match: how a value set with the linker's
+// -X flag is found without symbols.
+func (b *Binary) StringVars(minLen, maxLen int, match func(string) bool) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, name := range []string{".data", ".noptrdata", ".data.rel.ro"} {
+		s := b.ELF.Section(name)
+		if s == nil || s.Type == elf.SHT_NOBITS || s.Size > 64<<20 {
+			continue
+		}
+		data := make([]byte, s.Size)
+		if err := b.ReadAt(data, s.Addr); err != nil {
+			continue
+		}
+		for off := 0; off+2*b.PtrSize <= len(data); off += b.PtrSize {
+			n := b.word(data[off+b.PtrSize:])
+			if n < uint64(minLen) || n > uint64(maxLen) {
+				continue
+			}
+			ptr := b.word(data[off:])
+			sec := b.section(ptr)
+			if sec == nil || sec.Flags&elf.SHF_WRITE != 0 || sec.Flags&elf.SHF_EXECINSTR != 0 {
+				continue
+			}
+			buf := make([]byte, n)
+			if b.ReadAt(buf, ptr) != nil {
+				continue
+			}
+			if v := string(buf); !seen[v] && match(v) {
+				seen[v] = true
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -212,8 +213,13 @@ func exePath(p procfs.Process) string {
 	return p.Exe()
 }
 
-// K8sVersion is the version injected at link time (-X k8s.io/component-base/version.gitVersion=…,
-// as recorded in the build settings), else the k8s.io/kubernetes module version.
+// gitVersionRE is what k8s release builds inject as gitVersion: v1.33.5, v1.34.0-rc.1, v1.33.5+k3s1.
+var gitVersionRE = regexp.MustCompile(`^v1\.[0-9]{1,2}\.[0-9]{1,3}([-+][0-9A-Za-z.+-]{1,40})?$`)
+
+// K8sVersion is the version injected at link time (-X k8s.io/component-base/version.gitVersion=…):
+// from the build settings where they recorded -ldflags (not under -trimpath, which releases use), else
+// from the one string variable of the binary that looks like a release version, else the
+// k8s.io/kubernetes module version.
 func K8sVersion(b *gobin.Binary) string {
 	for _, s := range b.Build.Settings {
 		if s.Key != "-ldflags" {
@@ -224,6 +230,9 @@ func K8sVersion(b *gobin.Binary) string {
 				return v
 			}
 		}
+	}
+	if vs := b.StringVars(6, 60, gitVersionRE.MatchString); len(vs) == 1 {
+		return vs[0]
 	}
 	if b.Build.Main.Path == "k8s.io/kubernetes" && b.Build.Main.Version != "(devel)" {
 		return b.Build.Main.Version

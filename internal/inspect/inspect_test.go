@@ -99,3 +99,33 @@ func TestPIDBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestVersionFromStringVars finds the version injected with -X in stripped kube-proxy builds whose
+// build settings do not record -ldflags (-trimpath, as releases are built).
+func TestVersionFromStringVars(t *testing.T) {
+	for _, b := range []testbed.Build{{Version: "v1.33.5"}, {Version: "v1.37.2"}} {
+		path, err := b.KubeProxy(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin, err := gobin.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range bin.Build.Settings {
+			if s.Key == "-ldflags" {
+				t.Fatalf("%s records -ldflags: the test needs a -trimpath build", b)
+			}
+		}
+		start := time.Now()
+		got := bin.StringVars(6, 60, gitVersionRE.MatchString)
+		t.Logf("%s: %v in %v", b, got, time.Since(start))
+		if len(got) != 1 || got[0] != b.Version {
+			t.Errorf("%s: string variables like a version: %v, want just %s", b, got, b.Version)
+		}
+		if v := K8sVersion(bin); v != b.Version {
+			t.Errorf("%s: K8sVersion %s", b, v)
+		}
+		bin.Close()
+	}
+}
