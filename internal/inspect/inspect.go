@@ -62,31 +62,42 @@ func IsKubeProxy(b *gobin.Binary, p procfs.Process) bool {
 	return b.Build.Path == "" && p.Comm == "kube-proxy"
 }
 
-// All inspects every kube-proxy process on the host. Processes that are not Go programs, or that
-// vanish while being read, are passed over.
+// Discover returns the kube-proxy processes of the host: every process whose executable's build
+// information names kube-proxy. Processes that are not Go programs, or that vanish while being read,
+// are passed over.
+func Discover() ([]procfs.Process, error) {
+	var out []procfs.Process
+	err := discover(func(p procfs.Process, _ *gobin.Binary) { out = append(out, p) })
+	return out, err
+}
+
+// All inspects every kube-proxy process on the host.
 func All() (Report, error) {
+	var r Report
+	err := discover(func(p procfs.Process, b *gobin.Binary) { r.Processes = append(r.Processes, inspect(p, b)) })
+	return r, err
+}
+
+func discover(fn func(procfs.Process, *gobin.Binary)) error {
 	procs, err := procfs.List()
 	if err != nil {
-		return Report{}, fmt.Errorf("list processes: %w", err)
+		return fmt.Errorf("list processes: %w", err)
 	}
 	self := os.Getpid()
-	var r Report
 	for _, p := range procs {
 		if p.PID == self || len(p.Cmdline) == 0 {
-			continue
+			continue // kptune itself, and kernel threads
 		}
 		b, err := gobin.Open(p.Exe())
 		if err != nil {
 			continue
 		}
-		if !IsKubeProxy(b, p) {
-			b.Close()
-			continue
+		if IsKubeProxy(b, p) {
+			fn(p, b)
 		}
-		r.Processes = append(r.Processes, inspect(p, b))
 		b.Close()
 	}
-	return r, nil
+	return nil
 }
 
 // Open opens the executable of process pid and checks that it is a kube-proxy, with a one-line

@@ -78,12 +78,12 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 	}
 	pids := []int{o.PID}
 	if o.PID == 0 {
-		r, err := inspect.All()
+		procs, err := inspect.Discover()
 		if err != nil {
 			return Result{}, err
 		}
 		pids = nil
-		for _, p := range r.Processes {
+		for _, p := range procs {
 			pids = append(pids, p.PID)
 		}
 		if len(pids) == 0 {
