@@ -57,6 +57,9 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		if err := w.kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
 			t.Fatal(err)
 		}
+		if n, err := w.kp.Proxiers(); err != nil || n != w.runners {
+			t.Fatalf("%s logged %d proxiers (%v), want %d", w.version, n, err, w.runners)
+		}
 	}
 
 	all, err := All()

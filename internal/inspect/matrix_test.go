@@ -64,14 +64,18 @@ func TestMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantMin, wantMax, wantRunners := period, time.Hour, 2
+			wantMin, wantMax := period, time.Hour
 			minor := testbed.Minor(tg.Build.Version)
 			if tg.Mode == testbed.NFTables && minor <= 30 {
 				// 1.29–1.30 nftables reads its own config section, not the --iptables-* flags.
 				wantMin, wantMax = time.Second, 30*time.Second
 			}
-			if !tg.DualStack && tg.Mode != testbed.NFTables {
-				wantRunners = 1
+			wantRunners, err := kp.Proxiers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tg.DualStack && wantRunners != 2 {
+				t.Fatalf("a dual-stack node, and kube-proxy runs %d proxiers", wantRunners)
 			}
 			if p.K8sVersion != tg.Build.Version || len(p.Found()) != wantRunners {
 				t.Fatalf("version %s, %d runners; want %s and %d", p.K8sVersion, len(p.Found()), tg.Build.Version, wantRunners)

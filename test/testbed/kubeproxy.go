@@ -39,8 +39,8 @@ type KubeProxyOptions struct {
 	MinSyncPeriod, SyncPeriod time.Duration
 	// DualStack gives the node IPv4 and IPv6 addresses, so kube-proxy runs a proxier a family.
 	// Otherwise IPv6 is disabled in the namespace and, in iptables and ipvs mode, kube-proxy finds no
-	// ip6tables on its PATH and runs IPv4 only. nftables mode (one nft binary for both families)
-	// still runs dual-stack.
+	// ip6tables on its PATH and runs IPv4 only. In nftables mode (one nft binary for both families)
+	// some versions still run dual-stack (1.34 does, 1.37 does not): Proxiers tells.
 	DualStack bool
 	// Args are appended to kube-proxy's command line.
 	Args []string
@@ -233,6 +233,22 @@ func (kp *KubeProxy) Rules() (string, error) {
 	}
 	out6, err := inNetns(kp.NS, "ip6tables-save")
 	return string(out) + string(out6), err
+}
+
+// Proxiers is how many proxiers (so sync runners) kube-proxy built, from what it logged: 2 when it
+// runs dual-stack, 1 when single-stack.
+func (kp *KubeProxy) Proxiers() (int, error) {
+	b, err := os.ReadFile(kp.proc.log)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case strings.Contains(string(b), "kube-proxy running in dual-stack mode"):
+		return 2, nil
+	case strings.Contains(string(b), "kube-proxy running in single-stack mode"):
+		return 1, nil
+	}
+	return 0, fmt.Errorf("kube-proxy %s has not logged whether it runs single- or dual-stack", kp.Node)
 }
 
 // Stop stops kube-proxy (SIGTERM, then SIGKILL); its namespace stays until the cluster is torn down.
