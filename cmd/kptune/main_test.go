@@ -61,6 +61,15 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	self := strconv.Itoa(os.Getpid())
+	// A state directory anyone can write, so that the unprivileged run gets as far as the target.
+	open, err := os.MkdirTemp("", "kptune-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(open)
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		nobody bool
@@ -75,6 +84,8 @@ func TestBadInput(t *testing.T) {
 		{"a bad period", false, []string{"set", "--min-sync-period", "fast"}, "invalid argument"},
 		{"a bad output format", false, []string{"inspect", "-o", "yaml"}, "use table or json"},
 		{"no permission", true, []string{"inspect", "--pid", self}, "CAP_SYS_PTRACE"},
+		{"no permission to set", true, []string{"set", "--min-sync-period", "2s", "--pid", self, "--state-dir", open}, "CAP_SYS_PTRACE"},
+		{"a state directory it cannot write", true, []string{"set", "--min-sync-period", "2s", "--pid", self, "--state-dir", "/root/kptune-state"}, "use --state-dir"},
 	}
 	for _, tc := range cases {
 		code, _, stderr := run(t, tc.nobody, tc.args...)

@@ -34,7 +34,11 @@ type RunnerWrites struct {
 // ExeID returns the device and inode of a process's executable.
 func ExeID(pid int) (dev, ino uint64, err error) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st); err != nil {
+	err = syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st)
+	switch {
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return 0, 0, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
+	case err != nil:
 		return 0, 0, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
 	}
 	return st.Dev, st.Ino, nil

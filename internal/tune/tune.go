@@ -127,9 +127,12 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		p.unlock = unlock
 	}
 	dev, ino, err := patch.ExeID(pid)
-	if err != nil {
+	if errors.Is(err, procfs.ErrGone) {
 		p.unlock()
 		return nil, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
+	} else if err != nil {
+		p.unlock()
+		return nil, err
 	}
 	proc, bin, err := inspect.Open(pid)
 	if err != nil {
