@@ -244,21 +244,24 @@ func gdbRetune(b *testing.B, e *bed, period string) (capture, stop, total time.D
 	defer exec.Command("perf", "probe", "-q", "-d", "probe_kube:kptbench").Run()
 	data := filepath.Join(b.TempDir(), "perf.data")
 	var runner uint64
-	for try := 0; try < 5 && runner == 0; try++ {
-		rec := exec.Command("perf", "record", "-q", "-e", "probe_kube:kptbench", "-p", strconv.Itoa(e.kp.PID()), "-o", data, "--", "sleep", "1")
+	var script []byte
+	// tryRun runs only when kube-proxy is triggered and not busy syncing: wait up to a minute.
+	for try := 0; try < 30 && runner == 0; try++ {
+		rec := exec.Command("perf", "record", "-q", "-e", "probe_kube:kptbench", "-p", strconv.Itoa(e.kp.PID()), "-o", data, "--", "sleep", "2")
 		if out, err := rec.CombinedOutput(); err != nil {
 			b.Fatalf("perf record: %v: %s", err, out)
 		}
-		out, err := exec.Command("perf", "script", "-i", data).Output()
+		out, err := exec.Command("perf", "script", "-i", data).CombinedOutput()
 		if err != nil {
-			b.Fatalf("perf script: %v", err)
+			b.Fatalf("perf script: %v: %s", err, out)
 		}
+		script = out
 		if m := runnerArg.FindSubmatch(out); m != nil {
 			runner, _ = strconv.ParseUint(string(m[1]), 0, 64)
 		}
 	}
 	if runner == 0 {
-		b.Fatal("perf probe captured no tryRun in 5s of churn")
+		b.Fatalf("perf probe captured no tryRun in 60s of churn; perf script said: %.500s", script)
 	}
 	capture = time.Since(start)
 
