@@ -96,7 +96,9 @@ func metricsAddress(p procfs.Process) string {
 	return addr
 }
 
-// observedSync is kube-proxy's average sync duration so far.
+// observedSync is kube-proxy's average sync duration: of its partial syncs where it reports them
+// (1.28+), which are what runs under churn; the first sync after a start is a full one and can take
+// minutes at scale without saying anything about the next. Else of all its syncs.
 func observedSync(p procfs.Process) (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -104,7 +106,10 @@ func observedSync(p procfs.Process) (time.Duration, bool) {
 	if err != nil {
 		return 0, false
 	}
-	n, sum := s.Histogram(kpmetrics.SyncDuration)
+	n, sum := s.Histogram(kpmetrics.SyncPartialDuration)
+	if n == 0 {
+		n, sum = s.Histogram(kpmetrics.SyncDuration)
+	}
 	if n == 0 {
 		return 0, false
 	}
