@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -182,4 +183,46 @@ func TestGone(t *testing.T) {
 	if _, err := Do(999999999, func() error { return nil }); err == nil {
 		t.Fatal("stopping a missing process succeeded")
 	}
+}
+
+// BenchmarkStop stops a fixture process (a real runner, about 7 threads) and reports the stop's
+// length. With KPTUNE_BENCH_LOAD=N, N busy loops keep the CPUs saturated meanwhile.
+func BenchmarkStop(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: ptrace of another process needs CAP_SYS_PTRACE")
+	}
+	ctx := context.Background()
+	bin, err := testbed.Build{Version: "v1.33.5"}.Fixture(ctx, testbed.AsyncRunner)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := testbed.StartFixture(ctx, bin, "-min-sync-period", "100ms", "-trigger-rate", "50")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Stop()
+	if n, _ := strconv.Atoi(os.Getenv("KPTUNE_BENCH_LOAD")); n > 0 {
+		for i := 0; i < n; i++ {
+			busy := exec.Command("sh", "-c", "while :; do :; done")
+			if err := busy.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer busy.Process.Kill()
+		}
+	}
+	var stops []time.Duration
+	for b.Loop() {
+		st, err := Do(f.PID, func() error { return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		stops = append(stops, st.Stopped)
+		time.Sleep(5 * time.Millisecond)
+	}
+	sort.Slice(stops, func(i, j int) bool { return stops[i] < stops[j] })
+	at := func(p int) float64 {
+		return float64(stops[min(len(stops)-1, len(stops)*p/100)]) / float64(time.Microsecond)
+	}
+	b.ReportMetric(at(50), "stop-p50-µs")
+	b.ReportMetric(at(99), "stop-p99-µs")
 }
