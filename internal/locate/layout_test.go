@@ -24,19 +24,7 @@ func TestLayoutSourcesAgree(t *testing.T) {
 		{testbed.Build{Version: "v1.37.2", Debug: true}, testbed.ProxyRunner, Runner},
 	} {
 		t.Run(tc.build.String(), func(t *testing.T) {
-			path, err := tc.build.Fixture(context.Background(), tc.fixture)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := gobin.Open(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			l, err := LayoutOf(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			b, l := openFixture(t, tc.build, tc.fixture)
 			if l.Generation != tc.gen || l.Source != "type descriptors" || l.TokenBucketType == 0 && tc.gen == Async {
 				t.Fatalf("generation %s from %s (token bucket type %#x)", l.Generation, l.Source, l.TokenBucketType)
 			}
@@ -65,4 +53,23 @@ func TestLayoutSourcesAgree(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openFixture analyses a fixture binary and reads its layout.
+func openFixture(t *testing.T, build testbed.Build, fixture string) (*gobin.Binary, Layout) {
+	t.Helper()
+	path, err := build.Fixture(context.Background(), fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := gobin.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	l, err := LayoutOf(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, l
 }

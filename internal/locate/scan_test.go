@@ -1,12 +1,10 @@
 package locate
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
 
-	"kptune/internal/gobin"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
 	"kptune/test/testbed"
@@ -26,19 +24,7 @@ func (e *exiting) ReadAt(p []byte, addr uint64) error {
 // TestScanStopsWhenTheProcessExits: a process that exits mid-scan ends the scan with an error
 // that says so, instead of a result read from half a process.
 func TestScanStopsWhenTheProcessExits(t *testing.T) {
-	path, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := gobin.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	l, err := LayoutOf(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, l := openFixture(t, testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner)
 	maps := []procfs.Mapping{{Start: 0xc000000000, End: 0xc000400000, Perms: "rw-p"}}
 	found, err := Scan(Target{Mem: &exiting{reads: 2}, Maps: maps, Binary: b, Layout: l})
 	if !errors.Is(err, memory.ErrExited) || found != nil {

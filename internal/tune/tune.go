@@ -173,15 +173,24 @@ func selectRunners(found []locate.Found, which string) ([]locate.Found, error) {
 	return nil, fmt.Errorf("no runner at %s in this process: see kptune inspect", which)
 }
 
-func set(o Options, pid int) (ProcessResult, error) {
-	start := time.Now()
+// begin locks (unless a dry run) and locates process pid, and starts its result.
+func begin(o Options, pid int) (*prepared, ProcessResult, error) {
 	p, err := prepare(o, pid, !o.DryRun)
 	if err != nil {
-		return ProcessResult{}, err
+		return nil, ProcessResult{}, err
+	}
+	gen := p.target.Locate.Layout.Generation
+	return p, ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(gen), DryRun: o.DryRun}, nil
+}
+
+func set(o Options, pid int) (ProcessResult, error) {
+	start := time.Now()
+	p, res, err := begin(o, pid)
+	if err != nil {
+		return res, err
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
-	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), DryRun: o.DryRun}
 	runners, err := selectRunners(p.found, o.Runner)
 	if err != nil {
 		return res, err
@@ -255,13 +264,12 @@ func remember(s state.Store, p *prepared) error {
 
 func reset(o Options, pid int) (ProcessResult, error) {
 	start := time.Now()
-	p, err := prepare(o, pid, !o.DryRun)
+	p, res, err := begin(o, pid)
 	if err != nil {
-		return ProcessResult{}, err
+		return res, err
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
-	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), DryRun: o.DryRun}
 	rec, err := o.Store.Load(pid, p.proc.StartTime, p.bin.BuildID())
 	if err != nil {
 		return res, err
