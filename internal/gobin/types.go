@@ -85,36 +85,39 @@ func (b *Binary) StructType(name, pkgPath string) (Struct, error) {
 	var errs []error
 	hdr := b.typeHeaderSize()
 	strAt := 4*b.PtrSize + 8 // offset of abi.Type.Str
-	for off := 0; off+hdr+4*b.PtrSize <= len(b.types); off += b.PtrSize {
-		str := int64(b.Order.Uint32(b.types[off+strAt:]))
-		if !contains(nameOffs, str) || b.types[off+2*b.PtrSize+7]&kindMask != kindStruct {
-			continue
+	for _, nameOff := range nameOffs {
+		// A descriptor whose Str is nameOff: search for the 4 bytes (vectorised), then check that
+		// they sit where Str sits in an aligned descriptor of kind struct.
+		needle := make([]byte, 4)
+		b.Order.PutUint32(needle, uint32(nameOff))
+		for i := 0; ; {
+			j := bytes.Index(b.types[i:], needle)
+			if j < 0 {
+				break
+			}
+			pos := i + j
+			i = pos + 1
+			off := pos - strAt
+			if off < 0 || off%b.PtrSize != 0 || off+hdr+4*b.PtrSize > len(b.types) || b.types[off+2*b.PtrSize+7]&kindMask != kindStruct {
+				continue
+			}
+			s, err := b.readStruct(b.Types + uint64(off))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if s.PkgPath != pkgPath {
+				errs = append(errs, fmt.Errorf("%s at %#x is of package %q", name, b.Types+uint64(off), s.PkgPath))
+				continue
+			}
+			s.Name, s.Addr = name, b.Types+uint64(off)
+			return s, nil
 		}
-		s, err := b.readStruct(b.Types + uint64(off))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if s.PkgPath != pkgPath {
-			errs = append(errs, fmt.Errorf("%s at %#x is of package %q", name, b.Types+uint64(off), s.PkgPath))
-			continue
-		}
-		s.Name, s.Addr = name, b.Types+uint64(off)
-		return s, nil
 	}
 	if len(errs) > 0 {
 		return Struct{}, fmt.Errorf("%w: %s of %s: %w", ErrTypeNotFound, name, pkgPath, errors.Join(errs...))
 	}
 	return Struct{}, fmt.Errorf("%w: %s of %s", ErrTypeNotFound, name, pkgPath)
-}
-
-func contains(s []int64, v int64) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // findNames returns the offsets, relative to moduledata.types, of encoded names (a flag byte, a
