@@ -44,7 +44,14 @@ func healthRail(p procfs.Process, f locate.Found, v patch.Values, force bool) ([
 		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
 	}
 	limit := 2 * sync * 9 / 10
-	if worst := v.MinInterval + avg; worst >= limit && !force {
+	worst, before := v.MinInterval+avg, f.MinInterval+avg
+	switch {
+	case worst < limit:
+	case before >= limit:
+		// Already at risk with the period it has: the period is not what endangers /healthz.
+		notes = append(notes, fmt.Sprintf("kube-proxy's syncs take %v on average: a change can already wait close to 2 × syncPeriod (%v) whatever the period",
+			avg.Round(time.Millisecond), 2*sync))
+	case !force:
 		return notes, fmt.Errorf("%w: with syncs taking %v on average, a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; use --force to set it anyway",
 			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*sync)
 	}

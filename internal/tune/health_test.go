@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"kptune/internal/locate"
+	"kptune/internal/patch"
 	"kptune/internal/procfs"
 )
 
@@ -53,3 +54,20 @@ func TestSyncPeriodFromFlagsAndRunner(t *testing.T) {
 		t.Errorf("metrics address %s", got)
 	}
 }
+
+func TestHealthRailDecision(t *testing.T) {
+	// No metrics reachable (PID -1): only the syncPeriod check applies.
+	p := procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}
+	f := locate.Found{MinInterval: time.Second, Patchable: true}
+	if _, err := healthRail(p, f, patchValues(10*time.Second), false); err != nil {
+		t.Errorf("10s under syncPeriod 30s: %v", err)
+	}
+	if _, err := healthRail(p, f, patchValues(31*time.Second), false); err == nil {
+		t.Errorf("31s over syncPeriod 30s was accepted")
+	}
+	if notes, err := healthRail(p, f, patchValues(31*time.Second), true); err != nil || len(notes) == 0 {
+		t.Errorf("--force: %v, notes %v", err, notes)
+	}
+}
+
+func patchValues(d time.Duration) patch.Values { return patch.Values{MinInterval: d} }
