@@ -74,6 +74,13 @@ func do(pid int, fn func() error) (st Stats, err error) {
 	var first time.Time
 	defer func() {
 		for _, t := range seized {
+			if !t.stopped {
+				// PTRACE_DETACH needs a stopped tracee, and this one still has an interrupt pending.
+				// Leave it to the kernel: the tracing thread exits (see Do) and every tracee is
+				// released, its pending stop cleared.
+				err = errors.Join(err, fmt.Errorf("%w %d: it never stopped", errDetach, t.tid))
+				continue
+			}
 			if derr := detach(t); derr != nil && !errors.Is(derr, unix.ESRCH) {
 				err = errors.Join(err, fmt.Errorf("%w %d: %w", errDetach, t.tid, derr))
 			}
