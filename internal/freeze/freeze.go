@@ -35,8 +35,9 @@ var errDetach = errors.New("release thread")
 type Stats struct {
 	Threads int
 	// Stopped is how long the first thread was stopped before the last was released: the longest
-	// any thread of the process was held.
-	Stopped time.Duration
+	// any thread of the process was held. Stopping (until every thread had stopped) and Inside (fn)
+	// are its parts; the rest is releasing the threads.
+	Stopped, Stopping, Inside time.Duration
 }
 
 // Do stops every thread of pid, runs fn, and releases them, whatever fn returns. fn runs on the
@@ -136,7 +137,11 @@ func do(pid int, fn func() error) (st Stats, err error) {
 			return st, errors.New("the process keeps creating threads: try again")
 		}
 	}
-	return st, fn()
+	inside := time.Now()
+	st.Stopping = inside.Sub(first)
+	err = fn()
+	st.Inside = time.Since(inside)
+	return st, err
 }
 
 // stopTimeout bounds the wait for one thread's stop: a thread blocked in the kernel (D state)

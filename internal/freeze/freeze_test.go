@@ -211,12 +211,14 @@ func BenchmarkStop(b *testing.B) {
 		}
 	}
 	var stops []time.Duration
+	var stopping time.Duration
 	for b.Loop() {
 		st, err := Do(f.PID, func() error { return nil })
 		if err != nil {
 			b.Fatal(err)
 		}
 		stops = append(stops, st.Stopped)
+		stopping += st.Stopping
 		time.Sleep(5 * time.Millisecond)
 	}
 	sort.Slice(stops, func(i, j int) bool { return stops[i] < stops[j] })
@@ -225,4 +227,13 @@ func BenchmarkStop(b *testing.B) {
 	}
 	b.ReportMetric(at(50), "stop-p50-µs")
 	b.ReportMetric(at(99), "stop-p99-µs")
+	b.ReportMetric(100*float64(stopping)/float64(sumDurations(stops)), "%-stopping")
+}
+
+func sumDurations(ds []time.Duration) time.Duration {
+	var s time.Duration
+	for _, d := range ds {
+		s += d
+	}
+	return s
 }

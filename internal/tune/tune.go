@@ -47,8 +47,11 @@ type ProcessResult struct {
 	Threads    int            `json:"threadsStopped,omitempty"`
 	Stopped    string         `json:"stoppedFor,omitempty"`
 	StoppedNS  int64          `json:"stoppedNanoseconds,omitempty"`
-	Total      string         `json:"total"`
-	Notes      []string       `json:"notes,omitempty"`
+	// The stop's parts: until every thread had stopped, and the checks and writes inside it.
+	StoppingNS int64    `json:"stoppingNanoseconds,omitempty"`
+	InsideNS   int64    `json:"insideNanoseconds,omitempty"`
+	Total      string   `json:"total"`
+	Notes      []string `json:"notes,omitempty"`
 }
 
 // RunnerResult is one runner's change.
@@ -239,6 +242,7 @@ func addRunner(res *ProcessResult, rws []patch.RunnerWrites, f locate.Found, v p
 func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites, action string) error {
 	st, err := patch.Apply(p.target, rws)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
+	res.StoppingNS, res.InsideNS = int64(st.Stopping), int64(st.Inside)
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", p.proc.PID, err)
 	}
