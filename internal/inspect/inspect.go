@@ -8,7 +8,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"syscall"
 
 	"kptune/internal/gobin"
 	"kptune/internal/locate"
@@ -170,11 +169,11 @@ func Target(pid int, b *gobin.Binary) (locate.Target, error) {
 	if err != nil {
 		return locate.Target{Layout: l}, err
 	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st); err != nil {
-		return locate.Target{Layout: l}, fmt.Errorf("stat executable: %w", err)
+	_, ino, err := procfs.ExeID(pid)
+	if err != nil {
+		return locate.Target{Layout: l}, err
 	}
-	bias, err := locate.LoadBias(b, maps, st.Ino)
+	bias, err := locate.LoadBias(b, maps, ino)
 	if err != nil {
 		return locate.Target{Layout: l}, err
 	}
@@ -183,21 +182,28 @@ func Target(pid int, b *gobin.Binary) (locate.Target, error) {
 
 // Locate finds the runners of process pid, whose executable b is.
 func Locate(pid int, b *gobin.Binary) ([]locate.Found, locate.Layout, error) {
+	t, found, err := LocateTarget(pid, b)
+	return found, t.Layout, err
+}
+
+// LocateTarget prepares the scan of process pid and finds its runners; at least one, or an error
+// that says why there is none.
+func LocateTarget(pid int, b *gobin.Binary) (locate.Target, []locate.Found, error) {
 	t, err := Target(pid, b)
 	if err != nil {
-		return nil, t.Layout, err
+		return t, nil, err
 	}
 	found, err := locate.Scan(t)
 	if err != nil {
-		return nil, t.Layout, err
+		return t, nil, err
 	}
 	if len(found) == 0 {
 		if _, gerr := procfs.Get(pid); gerr != nil {
-			return nil, t.Layout, fmt.Errorf("the process exited during the scan")
+			return t, nil, fmt.Errorf("the process exited during the scan")
 		}
-		return nil, t.Layout, errors.New("no sync runner found in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)")
+		return t, nil, errors.New("no sync runner found in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)")
 	}
-	return found, t.Layout, nil
+	return t, found, nil
 }
 
 func toRunner(f locate.Found, gen locate.Generation) Runner {

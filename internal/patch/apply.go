@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"syscall"
 	"time"
 
 	"kptune/internal/freeze"
@@ -31,19 +30,6 @@ type RunnerWrites struct {
 	Writes []Write
 }
 
-// ExeID returns the device and inode of a process's executable.
-func ExeID(pid int) (dev, ino uint64, err error) {
-	var st syscall.Stat_t
-	err = syscall.Stat(fmt.Sprintf("%s/%d/exe", procfs.Root, pid), &st)
-	switch {
-	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
-		return 0, 0, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
-	case err != nil:
-		return 0, 0, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
-	}
-	return st.Dev, st.Ino, nil
-}
-
 // Apply stops the process, checks that it is the same process running the same binary, that every
 // runner still has its signature and the values it was planned from, writes, reads every write back,
 // and releases the process. On any difference nothing is written (or what was written is restored).
@@ -57,7 +43,7 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 		if err != nil || p.StartTime != t.StartTime {
 			return fmt.Errorf("pid %d is no longer the process that was inspected (it exited or restarted): nothing written; run kptune again", t.PID)
 		}
-		if dev, ino, err := ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
+		if dev, ino, err := procfs.ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
 			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again", t.PID)
 		}
 		for _, rw := range rws {

@@ -58,7 +58,7 @@ func start(t *testing.T, build testbed.Build, fixture string, period time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, ino, err := ExeID(fx.PID)
+	dev, ino, err := procfs.ExeID(fx.PID)
 	if err != nil {
 		t.Fatal(err)
 	}

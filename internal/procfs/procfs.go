@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Root is where procfs is mounted; tests and containers may point it elsewhere.
@@ -138,4 +139,18 @@ func Maps(pid int) ([]Mapping, error) {
 		return nil, fmt.Errorf("pid %d: no memory mappings (a kernel thread, or the process has exited)", pid)
 	}
 	return out, sc.Err()
+}
+
+// ExeID returns the device and inode of a process's executable: an exec keeps the PID and the start
+// time, but not these.
+func ExeID(pid int) (dev, ino uint64, err error) {
+	var st syscall.Stat_t
+	err = syscall.Stat(filepath.Join(Root, strconv.Itoa(pid), "exe"), &st)
+	switch {
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return 0, 0, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
+	case err != nil:
+		return 0, 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	}
+	return st.Dev, st.Ino, nil
 }
