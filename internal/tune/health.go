@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"kptune/internal/kpmetrics"
@@ -20,58 +21,74 @@ import (
 // defaultSyncPeriod is kube-proxy's default --*-sync-period.
 const defaultSyncPeriod = 30 * time.Second
 
+// probe reads a kube-proxy's metrics and /configz at most once, for all of its runners (two in
+// dual-stack).
+type probe struct {
+	p       procfs.Process
+	avg     func() (time.Duration, bool)
+	configz func() (time.Duration, bool)
+}
+
+func newProbe(p procfs.Process) *probe {
+	return &probe{
+		p:       p,
+		avg:     sync.OnceValues(func() (time.Duration, bool) { return observedSync(p) }),
+		configz: sync.OnceValues(func() (time.Duration, bool) { return configzSyncPeriod(p) }),
+	}
+}
+
 // healthRail refuses a period with which a queued change could wait close to 2 × syncPeriod:
 // kube-proxy's /healthz then answers 503 and load balancers drain the node. kube-proxy's own
 // validation also refuses minSyncPeriod > syncPeriod, so a restart could not have set it either.
-func healthRail(p procfs.Process, f locate.Found, v patch.Values, force bool) ([]string, error) {
+func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string, error) {
 	if v.MinInterval == f.MinInterval {
 		return nil, nil
 	}
 	var notes []string
-	sync, from := syncPeriod(p, f)
+	period, from := syncPeriod(pr, f)
 	if from != "" {
-		notes = append(notes, fmt.Sprintf("syncPeriod %v (%s)", sync, from))
+		notes = append(notes, fmt.Sprintf("syncPeriod %v (%s)", period, from))
 	}
-	if v.MinInterval > sync {
+	if v.MinInterval > period {
 		if !force {
 			return notes, fmt.Errorf("%w: minimum sync period %v is longer than kube-proxy's syncPeriod %v: kube-proxy itself refuses that configuration, and a queued change could wait past 2 × syncPeriod, when /healthz answers 503 and load balancers drain the node; use --force to set it anyway",
-				patch.ErrRefused, v.MinInterval, sync)
+				patch.ErrRefused, v.MinInterval, period)
 		}
 		notes = append(notes, "forced past syncPeriod")
 	}
-	avg, ok := observedSync(p)
+	avg, ok := pr.avg()
 	if !ok {
 		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
 	}
-	limit := 2 * sync * 9 / 10
+	limit := 2 * period * 9 / 10
 	worst, before := v.MinInterval+avg, f.MinInterval+avg
 	switch {
 	case worst < limit:
 	case before >= limit:
 		// Already at risk with the period it has: the period is not what endangers /healthz.
 		notes = append(notes, fmt.Sprintf("kube-proxy's syncs take %v on average: a change can already wait close to 2 × syncPeriod (%v) whatever the period",
-			avg.Round(time.Millisecond), 2*sync))
+			avg.Round(time.Millisecond), 2*period))
 	case !force:
 		return notes, fmt.Errorf("%w: with syncs taking %v on average, a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; use --force to set it anyway",
-			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*sync)
+			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*period)
 	}
 	return notes, nil
 }
 
 // syncPeriod finds the period kube-proxy's /healthz measures against: the ≥ 1.34 runner holds it as
 // retryInterval; otherwise its flags, its /configz, or the default.
-func syncPeriod(p procfs.Process, f locate.Found) (time.Duration, string) {
+func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 	if f.RetryInterval > 0 {
 		return f.RetryInterval, ""
 	}
 	for _, flag := range []string{"--iptables-sync-period", "--ipvs-sync-period", "--sync-period"} {
-		if v, ok := flagValue(p.Cmdline, flag); ok {
+		if v, ok := flagValue(pr.p.Cmdline, flag); ok {
 			if d, err := time.ParseDuration(v); err == nil && d > 0 {
 				return d, "from " + flag
 			}
 		}
 	}
-	if d, ok := configzSyncPeriod(p); ok {
+	if d, ok := pr.configz(); ok {
 		return d, "from /configz"
 	}
 	return defaultSyncPeriod, "kube-proxy's default: not in its flags or /configz"

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"time"
 
@@ -129,7 +130,7 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		}
 		p.unlock = unlock
 	}
-	dev, ino, err := patch.ExeID(pid)
+	dev, ino, err := procfs.ExeID(pid)
 	if errors.Is(err, procfs.ErrGone) {
 		p.unlock()
 		return nil, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
@@ -143,15 +144,8 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		return nil, err
 	}
 	p.proc, p.bin = proc, bin
-	lt, err := inspect.Target(pid, bin)
-	if err != nil {
-		p.close()
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	p.found, err = locate.Scan(lt)
-	if err == nil && len(p.found) == 0 {
-		err = errors.New("no sync runner found in its memory (kube-proxy may still be starting)")
-	}
+	lt, found, err := inspect.LocateTarget(pid, bin)
+	p.found = found
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
@@ -199,13 +193,18 @@ func set(o Options, pid int) (ProcessResult, error) {
 		return res, err
 	}
 	var rws []patch.RunnerWrites
+	health := newProbe(p.proc)
 	for _, f := range runners {
 		v, ws, err := patch.Plan(f, l, o.Change)
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
-		notes, err := healthRail(p.proc, f, v, o.Force)
-		res.Notes = append(res.Notes, notes...)
+		notes, err := healthRail(health, f, v, o.Force)
+		for _, n := range notes {
+			if !slices.Contains(res.Notes, n) {
+				res.Notes = append(res.Notes, n)
+			}
+		}
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
