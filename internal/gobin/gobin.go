@@ -214,6 +214,17 @@ func (b *Binary) ReadAt(p []byte, addr uint64) error {
 	return fmt.Errorf("address %#x (%d bytes) is not in the executable's image", addr, len(p))
 }
 
+// FileOffset converts the address of code (in the file's image) to its offset in the file, which is
+// what the kernel's uprobes are placed by.
+func (b *Binary) FileOffset(addr uint64) (uint64, error) {
+	for _, prog := range b.ELF.Progs {
+		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && addr >= prog.Vaddr && addr < prog.Vaddr+prog.Filesz {
+			return addr - prog.Vaddr + prog.Off, nil
+		}
+	}
+	return 0, fmt.Errorf("address %#x is not in an executable segment of the file", addr)
+}
+
 // Uint reads a pointer-sized word at addr.
 func (b *Binary) Uint(addr uint64) (uint64, error) {
 	buf := make([]byte, b.PtrSize)

@@ -255,6 +255,21 @@ func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
 	return f, true
 }
 
+// Validate checks the runner signature at addr, found by other means than the scan (a uprobe's
+// capture), and reads its values: the scan's checks, plus a name that reads "sync-runner".
+func Validate(t Target, addr uint64) (Found, bool) {
+	var hdr [16]byte
+	name := make([]byte, len(RunnerName))
+	if t.Mem.ReadAt(hdr[:], addr+t.Layout.Name) != nil {
+		return Found{}, false
+	}
+	le := binary.LittleEndian
+	if le.Uint64(hdr[8:]) != uint64(len(RunnerName)) || t.Mem.ReadAt(name, le.Uint64(hdr[:])) != nil || string(name) != RunnerName {
+		return Found{}, false
+	}
+	return validate(t, addr)
+}
+
 // QPSFor is what the old generation's constructor computes for a period:
 // float32(time.Second) / float32(minInterval).
 func QPSFor(d time.Duration) float32 { return float32(time.Second) / float32(d) }

@@ -1,0 +1,249 @@
+package probe
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"kptune/internal/locate"
+)
+
+// ErrNoCall is returned when no probed function ran in the target while the probes were attached.
+var ErrNoCall = errors.New("no trigger while attached")
+
+// Options bound a capture.
+type Options struct {
+	// Timeout ends a capture that has found no runner.
+	Timeout time.Duration
+	// Settle is how long to keep listening after the last new runner: a dual-stack kube-proxy has
+	// two, triggered together.
+	Settle time.Duration
+}
+
+// DefaultOptions suit a kube-proxy under churn: its proxiers are called on every Service or
+// EndpointSlice change.
+var DefaultOptions = Options{Timeout: 30 * time.Second, Settle: time.Second}
+
+// Capture is a finished capture.
+type Capture struct {
+	Found   []locate.Found
+	Points  []Point
+	ABI     ABI
+	Hits    uint64        // probe hits in the target while attached
+	Samples int           // distinct (function, register, stack word) triples
+	Attach  time.Duration // to load the programs and attach them
+	First   time.Duration // from attached to the first valid runner
+	Elapsed time.Duration // from start to detach
+}
+
+// mapKey is the hash map's key: which point, and the two receiver candidates.
+type mapKey struct{ Point, Reg, Stack uint64 }
+
+const maxSamples = 4096
+
+// Program returns the BPF program for one point: for the target's thread group only, record the
+// receiver register and the word at SP+8 under (point, reg, stack) and count the hit.
+func Program(abi ABI, tgid int, point int, mapFD int) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1), // pt_regs
+		asm.FnGetCurrentPidTgid.Call(),
+		asm.RSh.Imm(asm.R0, 32),
+		asm.JNE.Imm(asm.R0, int32(tgid), "exit"),
+		// key at fp-24: point, reg, stack
+		// (a 64-bit immediate store does not exist: go through R1)
+		asm.Mov.Imm(asm.R1, int32(point)),
+		asm.StoreMem(asm.RFP, -24, asm.R1, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R6, abi.RegOff, asm.DWord),
+		asm.StoreMem(asm.RFP, -16, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R6, abi.SPOff, asm.DWord),
+		asm.Add.Imm(asm.R3, int32(abi.PtrSize)),
+		asm.Mov.Reg(asm.R1, asm.RFP),
+		asm.Add.Imm(asm.R1, -8),
+		asm.Mov.Imm(asm.R2, 8),
+		asm.FnProbeReadUser.Call(), // a fault leaves the zero
+		asm.LoadMapPtr(asm.R1, mapFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -24),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "insert"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Ja.Label("exit"),
+		asm.Mov.Imm(asm.R1, 1).WithSymbol("insert"),
+		asm.StoreMem(asm.RFP, -32, asm.R1, asm.DWord),
+		asm.LoadMapPtr(asm.R1, mapFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -24),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -32),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY: a racing insert of the same key loses one count
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
+		asm.Return(),
+	}
+}
+
+// Locate attaches the probes to the executable of process pid (exe: its /proc/PID/exe), collects
+// receivers until the capture is complete, detaches, and returns the runners that validate in t.
+func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options) (Capture, error) {
+	start := time.Now()
+	c := Capture{}
+	var err error
+	if c.ABI, err = ABIFor(t.Binary.ELF.Machine, t.Binary.GoMinor); err != nil {
+		return c, err
+	}
+	if c.Points, err = Points(t.Binary, t.Layout.Generation); err != nil {
+		return c, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return c, bpfError("raise the memlock limit", err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kptune_recv", Type: ebpf.Hash, KeySize: 24, ValueSize: 8, MaxEntries: maxSamples})
+	if err != nil {
+		return c, bpfError("create the BPF map", err)
+	}
+	defer m.Close()
+	ex, err := link.OpenExecutable(exe)
+	if err != nil {
+		return c, fmt.Errorf("open %s for probing: %w", exe, err)
+	}
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+	}()
+	for i, p := range c.Points {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "kptune_probe", Type: ebpf.Kprobe, License: "Dual MIT/GPL",
+			Instructions: Program(c.ABI, pid, i, m.FD()),
+		})
+		if err != nil {
+			return c, bpfError("load the BPF program", err)
+		}
+		l, err := ex.Uprobe(eventName(p.Func), prog, &link.UprobeOptions{Address: p.Offset})
+		prog.Close() // the link holds it
+		if err != nil {
+			return c, bpfError("attach a uprobe to "+p.Func, err)
+		}
+		links = append(links, l)
+	}
+	c.Attach = time.Since(start)
+	attached := time.Now()
+
+	seen := map[mapKey]bool{}
+	byAddr := map[uint64]bool{}
+	var last time.Time
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return c, ctx.Err()
+		case <-tick.C:
+		}
+		var k mapKey
+		var n uint64
+		var hits uint64
+		it := m.Iterate()
+		for it.Next(&k, &n) {
+			hits += n
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			for _, f := range resolve(t, c.Points, c.ABI, k) {
+				if !byAddr[f.Address] {
+					byAddr[f.Address] = true
+					c.Found = append(c.Found, f)
+					last = time.Now()
+					if len(c.Found) == 1 {
+						c.First = last.Sub(attached)
+					}
+				}
+			}
+		}
+		if err := it.Err(); err != nil {
+			return c, fmt.Errorf("read the BPF map: %w", err)
+		}
+		c.Hits, c.Samples = hits, len(seen)
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return c, fmt.Errorf("process %d exited while probed", pid)
+		}
+		switch {
+		case len(c.Found) > 0 && time.Since(last) >= o.Settle:
+			c.Elapsed = time.Since(start)
+			return c, nil
+		case len(c.Found) == 0 && time.Since(attached) >= o.Timeout:
+			c.Elapsed = time.Since(start)
+			if c.Hits == 0 {
+				return c, fmt.Errorf("%w: none of %s ran in %v (kube-proxy had nothing to sync: a quiet cluster); use the memory scan (--locate=scan) or retry while Services or endpoints change",
+					ErrNoCall, funcNames(c.Points), o.Timeout)
+			}
+			return c, fmt.Errorf("%d calls captured in %v, none led to a valid sync runner: use the memory scan (--locate=scan)", c.Hits, o.Timeout)
+		}
+	}
+}
+
+// resolve turns one sample into the runners it leads to.
+func resolve(t locate.Target, points []Point, abi ABI, k mapKey) []locate.Found {
+	if k.Point >= uint64(len(points)) {
+		return nil
+	}
+	p := points[k.Point]
+	var out []locate.Found
+	for _, recv := range abi.Receivers(Sample{Point: k.Point, Reg: k.Reg, Stack: k.Stack}) {
+		addr := recv
+		if recv == 0 {
+			continue
+		}
+		if p.Field >= 0 {
+			var w [8]byte
+			if t.Mem.ReadAt(w[:], recv+uint64(p.Field)) != nil {
+				continue
+			}
+			addr = binary.LittleEndian.Uint64(w[:])
+		}
+		if f, ok := locate.Validate(t, addr); ok {
+			out = append(out, f)
+			break
+		}
+	}
+	return out
+}
+
+var notEventChar = regexp.MustCompile(`[^A-Za-z0-9_]+`)
+
+// eventName is a tracefs-safe name for a probe (used only where the kernel lacks the uprobe PMU).
+func eventName(fn string) string {
+	i := strings.LastIndex(fn, "/")
+	return "kptune_" + strings.Trim(notEventChar.ReplaceAllString(fn[i+1:], "_"), "_")
+}
+
+func funcNames(ps []Point) string {
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Func[strings.LastIndex(p.Func, "/")+1:])
+	}
+	return strings.Join(names, ", ")
+}
+
+// bpfError names the missing privilege when the kernel refuses.
+func bpfError(what string, err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%s: %v: the probing locator needs CAP_BPF and CAP_PERFMON (or root)", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
