@@ -1,19 +1,48 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"kptune/internal/inspect"
+	"kptune/internal/probe"
 )
 
 type inspectFlags struct {
 	pid    int
 	output string
+	locate locateFlags
+}
+
+// locateFlags choose how runners are found; inspect, set and reset share them.
+type locateFlags struct {
+	locator string
+	timeout time.Duration
+}
+
+func (f *locateFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.locator, "locate", string(inspect.ByAuto),
+		"how to find the runners: scan (memory scan), uprobe (capture them as kube-proxy syncs), both (must agree), auto (scan, else uprobe)")
+	cmd.Flags().DurationVar(&f.timeout, "probe-timeout", probe.DefaultOptions.Timeout, "how long the uprobe waits for kube-proxy to sync")
+}
+
+func (f locateFlags) options() (inspect.LocateOptions, error) {
+	l, err := inspect.ParseLocator(f.locator)
+	if err != nil {
+		return inspect.LocateOptions{}, err
+	}
+	if f.timeout <= 0 {
+		return inspect.LocateOptions{}, fmt.Errorf("--probe-timeout %v: must be positive", f.timeout)
+	}
+	o := inspect.DefaultLocate
+	o.Locator, o.Probe.Timeout = l, f.timeout
+	return o, nil
 }
 
 func newInspectCommand() *cobra.Command {
@@ -28,6 +57,7 @@ func newInspectCommand() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&f.pid, "pid", 0, "inspect only this process")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	f.locate.register(cmd)
 	return cmd
 }
 
@@ -35,16 +65,21 @@ func runInspect(out io.Writer, f inspectFlags) error {
 	if f.output != "table" && f.output != "json" {
 		return fmt.Errorf("unknown output format %q: use table or json", f.output)
 	}
+	lo, err := f.locate.options()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
 	var r inspect.Report
 	if f.pid != 0 {
-		p, err := inspect.PID(f.pid)
+		p, err := inspect.PID(ctx, f.pid, lo)
 		if err != nil {
 			return err
 		}
 		r.Processes = []inspect.Process{p}
 	} else {
 		var err error
-		if r, err = inspect.All(); err != nil {
+		if r, err = inspect.All(ctx, lo); err != nil {
 			return err
 		}
 		if r.Processes == nil {

@@ -24,6 +24,7 @@ type writeFlags struct {
 	output   string
 	stateDir string
 	hold     time.Duration
+	locate   locateFlags
 
 	minSync, retry, fullSync time.Duration
 	burst                    int64
@@ -36,11 +37,16 @@ func (f *writeFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.stateDir, "state-dir", state.DefaultDir, "where the original values, locks and audit log are kept")
 	cmd.Flags().DurationVar(&f.hold, "hold-stop", 0, "keep kube-proxy stopped this long inside the write (fault-injection tests only)")
 	_ = cmd.Flags().MarkHidden("hold-stop")
+	f.locate.register(cmd)
 }
 
-func (f *writeFlags) options(cmd *cobra.Command) tune.Options {
+func (f *writeFlags) options(cmd *cobra.Command) (tune.Options, error) {
+	lo, err := f.locate.options()
+	if err != nil {
+		return tune.Options{}, err
+	}
 	return tune.Options{PID: f.pid, Runner: f.runner, DryRun: f.dryRun, Force: f.force, Store: state.Store{Dir: f.stateDir},
-		Hold: f.hold, Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))}
+		Hold: f.hold, Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)), Locate: lo}, nil
 }
 
 func newSetCommand() *cobra.Command {
@@ -54,7 +60,10 @@ func newSetCommand() *cobra.Command {
 			"its original values for `kptune reset`.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := f.options(cmd)
+			o, err := f.options(cmd)
+			if err != nil {
+				return err
+			}
 			fl := cmd.Flags()
 			if fl.Changed("min-sync-period") {
 				o.Change.MinInterval = &f.minSync
@@ -101,7 +110,11 @@ func newResetCommand() *cobra.Command {
 			if err := checkOutput(f.output); err != nil {
 				return err
 			}
-			res, err := tune.Reset(f.options(cmd))
+			o, err := f.options(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := tune.Reset(o)
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@
 package inspect
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"kptune/internal/gobin"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
+	"kptune/internal/probe"
 	"kptune/internal/procfs"
 )
 
@@ -34,8 +36,10 @@ type Process struct {
 	ProxyMode    string   `json:"proxyMode"`
 	Generation   string   `json:"generation"`
 	LayoutSource string   `json:"layoutSource"`
+	Locator      string   `json:"locator,omitempty"`
 	Runners      []Runner `json:"runners"`
 	Error        string   `json:"error,omitempty"`
+	err          error
 	found        []locate.Found
 }
 
@@ -71,9 +75,9 @@ func Discover() ([]procfs.Process, error) {
 }
 
 // All inspects every kube-proxy process on the host.
-func All() (Report, error) {
+func All(ctx context.Context, o LocateOptions) (Report, error) {
 	var r Report
-	err := discover(func(p procfs.Process, b *gobin.Binary) { r.Processes = append(r.Processes, inspect(p, b)) })
+	err := discover(func(p procfs.Process, b *gobin.Binary) { r.Processes = append(r.Processes, inspect(ctx, p, b, o)) })
 	return r, err
 }
 
@@ -128,28 +132,27 @@ func Open(pid int) (procfs.Process, *gobin.Binary, error) {
 }
 
 // PID inspects one process, which must be a kube-proxy.
-func PID(pid int) (Process, error) {
+func PID(ctx context.Context, pid int, o LocateOptions) (Process, error) {
 	p, b, err := Open(pid)
 	if err != nil {
 		return Process{}, err
 	}
 	defer b.Close()
-	out := inspect(p, b)
-	if out.Error != "" {
-		return out, errors.New(out.Error)
-	}
-	return out, nil
+	out := inspect(ctx, p, b, o)
+	return out, out.err
 }
 
-func inspect(p procfs.Process, b *gobin.Binary) Process {
+func inspect(ctx context.Context, p procfs.Process, b *gobin.Binary, o LocateOptions) Process {
 	out := Process{
 		PID: p.PID, StartTime: p.StartTime, Exe: exePath(p), BuildID: b.BuildID(),
 		GoVersion: b.GoVersion, K8sVersion: K8sVersion(b), ProxyMode: proxyMode(p.Cmdline), Runners: []Runner{},
 	}
-	found, l, err := Locate(p.PID, b)
-	out.Generation, out.LayoutSource = string(l.Generation), l.Source
+	t, found, by, err := LocateBy(ctx, p.PID, b, o)
+	l := t.Layout
+	out.Generation, out.LayoutSource, out.Locator = string(l.Generation), l.Source, by
 	if err != nil {
-		out.Error = fmt.Sprintf("pid %d: %v", p.PID, err)
+		out.err = fmt.Errorf("pid %d: %w", p.PID, err)
+		out.Error = out.err.Error()
 		return out
 	}
 	out.found = found
@@ -201,9 +204,109 @@ func LocateTarget(pid int, b *gobin.Binary) (locate.Target, []locate.Found, erro
 		if _, gerr := procfs.Get(pid); gerr != nil {
 			return t, nil, fmt.Errorf("the process exited during the scan")
 		}
-		return t, nil, errors.New("no sync runner found in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)")
+		return t, nil, fmt.Errorf("%w in its memory (kube-proxy may still be starting: its proxier is built after it reaches the API server and finds its Node)", ErrNoRunner)
 	}
 	return t, found, nil
+}
+
+// ErrNoRunner is returned when a locator finds no valid runner in a live kube-proxy.
+var ErrNoRunner = errors.New("no sync runner found")
+
+// Locator says how runners are found.
+type Locator string
+
+const (
+	ByScan   Locator = "scan"   // the memory scan for the runner's signature
+	ByUprobe Locator = "uprobe" // an entry uprobe on the functions that use the runner
+	ByBoth   Locator = "both"   // both, which must agree on every runner
+	ByAuto   Locator = "auto"   // the scan, and the uprobe where the scan finds no valid runner
+)
+
+// ParseLocator checks a --locate value.
+func ParseLocator(s string) (Locator, error) {
+	switch l := Locator(s); l {
+	case ByScan, ByUprobe, ByBoth, ByAuto:
+		return l, nil
+	}
+	return "", fmt.Errorf("unknown locator %q: use auto, scan, uprobe or both", s)
+}
+
+// LocateOptions choose the locator and bound the uprobe's capture.
+type LocateOptions struct {
+	Locator Locator
+	Probe   probe.Options
+}
+
+// DefaultLocate is the memory scan, falling back to the uprobe.
+var DefaultLocate = LocateOptions{Locator: ByAuto, Probe: probe.DefaultOptions}
+
+// LocateBy finds the runners of process pid with the chosen locator, and says which locator found
+// them: "scan", "uprobe" or "scan+uprobe".
+func LocateBy(ctx context.Context, pid int, b *gobin.Binary, o LocateOptions) (locate.Target, []locate.Found, string, error) {
+	if o.Locator == "" {
+		o.Locator = ByAuto
+	}
+	if o.Locator == ByUprobe {
+		t, err := Target(pid, b)
+		if err != nil {
+			return t, nil, "", err
+		}
+		found, err := uprobe(ctx, t, pid, o.Probe)
+		return t, found, string(ByUprobe), err
+	}
+	t, scanned, err := LocateTarget(pid, b)
+	switch {
+	case o.Locator == ByScan:
+		return t, scanned, string(ByScan), err
+	case o.Locator == ByAuto && err == nil:
+		return t, scanned, string(ByScan), nil
+	case o.Locator == ByAuto && errors.Is(err, ErrNoRunner):
+		found, perr := uprobe(ctx, t, pid, o.Probe)
+		if perr != nil {
+			return t, nil, "", fmt.Errorf("%v; and the uprobe: %w", err, perr)
+		}
+		return t, found, string(ByUprobe), nil
+	case err != nil:
+		return t, nil, "", err
+	}
+	probed, err := uprobe(ctx, t, pid, o.Probe)
+	if err != nil {
+		return t, nil, "", fmt.Errorf("the scan found %d runners, the uprobe none: %w", len(scanned), err)
+	}
+	if err := agree(scanned, probed); err != nil {
+		return t, nil, "", err
+	}
+	return t, scanned, "scan+uprobe", nil
+}
+
+func uprobe(ctx context.Context, t locate.Target, pid int, o probe.Options) ([]locate.Found, error) {
+	c, err := probe.Locate(ctx, t, pid, procfs.Process{PID: pid}.Exe(), o)
+	if err != nil {
+		return nil, err
+	}
+	return c.Found, nil
+}
+
+// agree checks that two locators found the same runners, at the same addresses, with the same values.
+func agree(scanned, probed []locate.Found) error {
+	byAddr := map[uint64]locate.Found{}
+	for _, f := range scanned {
+		byAddr[f.Address] = f
+	}
+	for _, f := range probed {
+		s, ok := byAddr[f.Address]
+		if !ok {
+			return fmt.Errorf("the uprobe found a runner at %#x that the memory scan did not: the locators disagree, nothing will be written", f.Address)
+		}
+		if s != f {
+			return fmt.Errorf("the scan and the uprobe read different values at runner %#x: the locators disagree, nothing will be written", f.Address)
+		}
+		delete(byAddr, f.Address)
+	}
+	for a := range byAddr {
+		return fmt.Errorf("the memory scan found a runner at %#x that the uprobe did not capture: the locators disagree, nothing will be written", a)
+	}
+	return nil
 }
 
 func toRunner(f locate.Found, gen locate.Generation) Runner {

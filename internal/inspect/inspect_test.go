@@ -94,7 +94,7 @@ func TestPIDBadInput(t *testing.T) {
 		{999999999, "no process 999999999"},
 		{os.Getpid(), "not a kube-proxy"},
 	} {
-		if _, err := PID(tc.pid); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := PID(context.Background(), tc.pid, DefaultLocate); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("pid %d: got %v, want %q", tc.pid, err, tc.want)
 		}
 	}

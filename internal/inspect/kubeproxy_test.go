@@ -2,11 +2,13 @@ package inspect
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"testing"
 	"time"
 
 	"kptune/internal/locate"
+	"kptune/internal/probe"
 	"kptune/test/testbed"
 )
 
@@ -62,17 +64,33 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		}
 	}
 
-	all, err := All()
+	// Quiet: the uprobe has nothing to capture, and says so.
+	quiet := LocateOptions{Locator: ByUprobe, Probe: probe.Options{Timeout: 2 * time.Second, Settle: 200 * time.Millisecond}}
+	if _, err := PID(ctx, wants[0].kp.PID(), quiet); !errors.Is(err, probe.ErrNoCall) {
+		t.Errorf("uprobe in a quiet cluster: %v, want %v", err, probe.ErrNoCall)
+	}
+
+	all, err := All(ctx, DefaultLocate)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Under churn, the uprobe captures the runners the scan finds (LocateBy checks they agree).
+	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: 20, Endpoints: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer churn.Stop()
+	both := LocateOptions{Locator: ByBoth, Probe: probe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond}}
 	for _, w := range wants {
 		start := time.Now()
-		p, err := PID(w.kp.PID())
+		p, err := PID(ctx, w.kp.PID(), both)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s: %d runners in %v", w.version, len(p.Runners), time.Since(start))
+		t.Logf("%s: %d runners in %v, located by %s", w.version, len(p.Runners), time.Since(start), p.Locator)
+		if p.Locator != "scan+uprobe" {
+			t.Errorf("located by %q, want scan+uprobe", p.Locator)
+		}
 		if p.K8sVersion != w.version || p.Generation != string(w.gen) || p.ProxyMode != w.kp.Options.Mode {
 			t.Errorf("pid %d: version %s generation %s mode %s, want %s %s %s", p.PID, p.K8sVersion, p.Generation, p.ProxyMode, w.version, w.gen, w.kp.Options.Mode)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"kptune/internal/gobin"
 	"kptune/internal/locate"
+	"kptune/internal/probe"
 	"kptune/test/testbed"
 )
 
@@ -34,6 +35,14 @@ func TestMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	const period, sync = 3700 * time.Millisecond, 47 * time.Second
+	// Churn throughout, so that the uprobe locator has syncs to capture: every runner is found by
+	// both locators, which must agree.
+	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: services, Endpoints: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer churn.Stop()
+	both := LocateOptions{Locator: ByBoth, Probe: probe.Options{Timeout: 30 * time.Second, Settle: 500 * time.Millisecond}}
 	for _, tg := range testbed.Matrix {
 		t.Run(tg.String(), func(t *testing.T) {
 			kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: tg.Build, Mode: tg.Mode, DualStack: tg.DualStack,
@@ -60,7 +69,7 @@ func TestMatrix(t *testing.T) {
 			defer b.Close()
 			checkLayouts(t, b, tg.Build.Debug)
 
-			p, err := PID(kp.PID())
+			p, err := PID(ctx, kp.PID(), both)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +101,10 @@ func TestMatrix(t *testing.T) {
 					t.Errorf("runner %#x: qps %v limit %v burst %d, want %v %v 2", f.Address, f.QPS, f.Limit, f.Burst, want, float64(want))
 				}
 			}
-			t.Logf("%s: %s runners %d, min %v, layout from %s", tg, p.Generation, len(p.Found()), wantMin, p.LayoutSource)
+			if p.Locator != "scan+uprobe" {
+				t.Errorf("located by %q, want scan+uprobe", p.Locator)
+			}
+			t.Logf("%s: %s runners %d, min %v, layout from %s, located by %s", tg, p.Generation, len(p.Found()), wantMin, p.LayoutSource, p.Locator)
 		})
 	}
 }

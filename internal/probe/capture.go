@@ -203,25 +203,69 @@ func resolve(t locate.Target, points []Point, abi ABI, k mapKey) []locate.Found 
 		return nil
 	}
 	p := points[k.Point]
-	var out []locate.Found
 	for _, recv := range abi.Receivers(Sample{Point: k.Point, Reg: k.Reg, Stack: k.Stack}) {
-		addr := recv
 		if recv == 0 {
 			continue
 		}
-		if p.Field >= 0 {
-			var w [8]byte
-			if t.Mem.ReadAt(w[:], recv+uint64(p.Field)) != nil {
-				continue
+		var addrs []uint64
+		switch {
+		case p.Via != nil:
+			addrs = viaMeta(t, p, recv)
+		case p.Field >= 0:
+			if a, ok := word(t, recv+uint64(p.Field)); ok {
+				addrs = append(addrs, a)
 			}
-			addr = binary.LittleEndian.Uint64(w[:])
+		default:
+			addrs = append(addrs, recv)
 		}
-		if f, ok := locate.Validate(t, addr); ok {
-			out = append(out, f)
-			break
+		var out []locate.Found
+		for _, a := range addrs {
+			if f, ok := locate.Validate(t, a); ok {
+				out = append(out, f)
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+	}
+	return nil
+}
+
+// viaMeta follows a metaProxier's two proxy.Provider interfaces (itab, data) to their proxiers'
+// runners; the itab's type descriptor says which proxier, and so where its syncRunner is.
+func viaMeta(t locate.Target, p Point, meta uint64) []uint64 {
+	var out []uint64
+	for _, off := range p.Via {
+		tab, ok1 := word(t, meta+uint64(off))
+		data, ok2 := word(t, meta+uint64(off)+8)
+		if !ok1 || !ok2 || tab == 0 || data == 0 {
+			continue
+		}
+		typ, ok := word(t, tab+8)
+		if !ok {
+			continue
+		}
+		name, err := t.Binary.TypeName(typ - t.Bias)
+		if err != nil {
+			continue
+		}
+		field, ok := p.Proxiers[name]
+		if !ok {
+			continue
+		}
+		if r, ok := word(t, data+uint64(field)); ok {
+			out = append(out, r)
 		}
 	}
 	return out
+}
+
+func word(t locate.Target, addr uint64) (uint64, bool) {
+	var w [8]byte
+	if t.Mem.ReadAt(w[:], addr) != nil {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(w[:]), true
 }
 
 var notEventChar = regexp.MustCompile(`[^A-Za-z0-9_]+`)

@@ -34,7 +34,17 @@ type Point struct {
 	// Field is where the receiver holds the runner: -1 when the receiver is the runner, else the
 	// offset of the proxier's syncRunner pointer.
 	Field int64
+	// Via, for a dual-stack metaProxier's handler: the offsets of its two proxy.Provider interface
+	// fields (ipv4Proxier, ipv6Proxier), whose dynamic types name the proxier and so, in Proxiers,
+	// the offset of its syncRunner.
+	Via      []int64
+	Proxiers map[string]int64 // "*nftables.Proxier" → offset of syncRunner
 }
+
+// MetaProxier is the dual-stack proxier: it hands each event to the IPv4 or IPv6 proxier, by the
+// object's address family, so an IPv4 EndpointSlice change triggers only the IPv4 runner. Its
+// handlers lead to both.
+const MetaProxier = "k8s.io/kubernetes/pkg/proxy/metaproxier"
 
 // ProxyModes are the Linux proxiers, each a package of k8s.io/kubernetes/pkg/proxy with a Proxier
 // type that owns a sync runner.
@@ -58,22 +68,36 @@ func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
 		out = append(out, Point{Func: name, Entry: entry, Offset: off, Field: field})
 		return nil
 	}
-	if gen == locate.Async {
-		if err := add(locate.AsyncTryRun, -1); err != nil {
-			return nil, err
+	proxiers := map[string]int64{}
+	for _, mode := range ProxyModes {
+		pkg := "k8s.io/kubernetes/pkg/proxy/" + mode
+		field, ok := syncRunnerField(b, mode+".Proxier", pkg)
+		if !ok {
+			continue
 		}
-	} else {
-		for _, mode := range ProxyModes {
-			pkg := "k8s.io/kubernetes/pkg/proxy/" + mode
-			field, ok := syncRunnerField(b, mode+".Proxier", pkg)
-			if !ok {
-				continue
-			}
+		proxiers["*"+mode+".Proxier"] = field
+		if gen == locate.Runner {
 			for _, fn := range []string{"Sync", "syncProxyRules"} {
 				if err := add(pkg+".(*Proxier)."+fn, field); err != nil {
 					return nil, err
 				}
 			}
+		}
+	}
+	if gen == locate.Async {
+		if err := add(locate.AsyncTryRun, -1); err != nil {
+			return nil, err
+		}
+	}
+	if via, ok := metaFields(b); ok && len(proxiers) > 0 {
+		n := len(out)
+		for _, fn := range []string{"OnEndpointSliceAdd", "OnEndpointSliceUpdate", "OnEndpointSliceDelete", "OnServiceAdd", "OnServiceUpdate", "OnServiceDelete"} {
+			if err := add(MetaProxier+".(*metaProxier)."+fn, -1); err != nil {
+				return nil, err
+			}
+		}
+		for i := n; i < len(out); i++ {
+			out[i].Via, out[i].Proxiers = via, proxiers
 		}
 	}
 	if len(out) == 0 {
@@ -95,6 +119,22 @@ func syncRunnerField(b *gobin.Binary, name, pkg string) (int64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// metaFields reads the offsets of the metaProxier's two proxier interfaces.
+func metaFields(b *gobin.Binary) ([]int64, bool) {
+	for _, read := range []func(string, string) (gobin.Struct, error){b.StructType, b.DWARFStruct} {
+		s, err := read("metaproxier.metaProxier", MetaProxier)
+		if err != nil {
+			continue
+		}
+		v4, ok4 := s.Field("ipv4Proxier")
+		v6, ok6 := s.Field("ipv6Proxier")
+		if ok4 && ok6 && v4.Size == 2*uint64(b.PtrSize) && v6.Size == 2*uint64(b.PtrSize) {
+			return []int64{int64(v4.Offset), int64(v6.Offset)}, true
+		}
+	}
+	return nil, false
 }
 
 // ABI is where a probed function's receiver is at its entry, for one architecture and Go version,

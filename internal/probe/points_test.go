@@ -27,10 +27,10 @@ func TestPoints(t *testing.T) {
 		gen    locate.Generation
 		points int
 	}{
-		{testbed.Build{Version: "v1.33.5"}, locate.Async, 1},
-		{testbed.Build{Version: "v1.33.5", PIE: true}, locate.Async, 1},
-		{testbed.Build{Version: "v1.37.2"}, locate.Runner, 6},
-		{testbed.Build{Version: "v1.37.2", PIE: true}, locate.Runner, 6},
+		{testbed.Build{Version: "v1.33.5"}, locate.Async, 7},
+		{testbed.Build{Version: "v1.33.5", PIE: true}, locate.Async, 7},
+		{testbed.Build{Version: "v1.37.2"}, locate.Runner, 12},
+		{testbed.Build{Version: "v1.37.2", PIE: true}, locate.Runner, 12},
 	} {
 		t.Run(tc.build.String(), func(t *testing.T) {
 			path, err := tc.build.KubeProxy(ctx)
@@ -61,10 +61,16 @@ func TestPoints(t *testing.T) {
 				if !bytes.Equal(raw[p.Offset:p.Offset+16], img) {
 					t.Errorf("%s: file offset %#x does not hold the entry %#x", p.Func, p.Offset, p.Entry)
 				}
-				if tc.gen == locate.Async && (p.Func != locate.AsyncTryRun || p.Field != -1) {
-					t.Errorf("old generation probes %s (field %d), want tryRun on the runner itself", p.Func, p.Field)
-				}
-				if tc.gen == locate.Runner && (!strings.Contains(p.Func, ".(*Proxier).") || p.Field <= 0) {
+				switch {
+				case strings.HasPrefix(p.Func, probe.MetaProxier+".(*metaProxier).On"):
+					if len(p.Via) != 2 || p.Via[1] != p.Via[0]+16 || len(p.Proxiers) != 3 {
+						t.Errorf("%s: via %v to %v, want both proxier interfaces and the three proxiers", p.Func, p.Via, p.Proxiers)
+					}
+				case tc.gen == locate.Async:
+					if p.Func != locate.AsyncTryRun || p.Field != -1 {
+						t.Errorf("old generation probes %s (field %d), want tryRun on the runner itself", p.Func, p.Field)
+					}
+				case !strings.Contains(p.Func, ".(*Proxier).") || p.Field <= 0:
 					t.Errorf("new generation probes %s (field %d), want a proxier method and its syncRunner", p.Func, p.Field)
 				}
 			}

@@ -4,6 +4,7 @@
 package tune
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ type Options struct {
 	Store  state.Store
 	Hold   time.Duration // fault-injection aid: keep the process stopped this long
 	Log    *slog.Logger
+	Locate inspect.LocateOptions // how runners are found (zero: the scan, else the uprobe)
 }
 
 // Result is what set and reset report.
@@ -43,6 +45,7 @@ type ProcessResult struct {
 	PID        int            `json:"pid"`
 	K8sVersion string         `json:"k8sVersion"`
 	Generation string         `json:"generation"`
+	Locator    string         `json:"locator"`
 	DryRun     bool           `json:"dryRun,omitempty"`
 	Runners    []RunnerResult `json:"runners"`
 	Threads    int            `json:"threadsStopped,omitempty"`
@@ -111,6 +114,7 @@ type prepared struct {
 	bin    *gobin.Binary
 	target patch.Target
 	found  []locate.Found
+	by     string // the locator that found them
 	unlock func()
 }
 
@@ -144,8 +148,8 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		return nil, err
 	}
 	p.proc, p.bin = proc, bin
-	lt, found, err := inspect.LocateTarget(pid, bin)
-	p.found = found
+	lt, found, by, err := inspect.LocateBy(context.Background(), pid, bin, o.Locate)
+	p.found, p.by = found, by
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
@@ -177,7 +181,7 @@ func begin(o Options, pid int) (*prepared, ProcessResult, error) {
 		return nil, ProcessResult{}, err
 	}
 	gen := p.target.Locate.Layout.Generation
-	return p, ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(gen), DryRun: o.DryRun}, nil
+	return p, ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(gen), Locator: p.by, DryRun: o.DryRun}, nil
 }
 
 func set(o Options, pid int) (ProcessResult, error) {
