@@ -95,6 +95,73 @@ func Program(abi ABI, tgid int, point int, mapFD int) asm.Instructions {
 	}
 }
 
+// Session is a set of attached probes and the samples they record. Close detaches them; if kptune
+// dies instead, the kernel detaches them with its file descriptors.
+type Session struct {
+	m     *ebpf.Map
+	links []link.Link
+}
+
+// Attach loads one program per point and attaches it, at the point's file offset in exe, for the
+// thread group tgid.
+func Attach(exe string, tgid int, abi ABI, points []Point) (_ *Session, err error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, bpfError("raise the memlock limit", err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kptune_recv", Type: ebpf.Hash, KeySize: 24, ValueSize: 8, MaxEntries: maxSamples})
+	if err != nil {
+		return nil, bpfError("create the BPF map", err)
+	}
+	s := &Session{m: m}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	ex, err := link.OpenExecutable(exe)
+	if err != nil {
+		return nil, fmt.Errorf("open %s for probing: %w", exe, err)
+	}
+	for i, p := range points {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "kptune_probe", Type: ebpf.Kprobe, License: "Dual MIT/GPL",
+			Instructions: Program(abi, tgid, i, m.FD()),
+		})
+		if err != nil {
+			return nil, bpfError("load the BPF program", err)
+		}
+		l, err := ex.Uprobe(eventName(p.Func), prog, &link.UprobeOptions{Address: p.Offset})
+		prog.Close() // the link holds it
+		if err != nil {
+			return nil, bpfError("attach a uprobe to "+p.Func, err)
+		}
+		s.links = append(s.links, l)
+	}
+	return s, nil
+}
+
+// Samples calls fn for every sample recorded so far, with its hit count.
+func (s *Session) Samples(fn func(Sample, uint64)) error {
+	var k mapKey
+	var n uint64
+	it := s.m.Iterate()
+	for it.Next(&k, &n) {
+		fn(Sample{Point: k.Point, Reg: k.Reg, Stack: k.Stack}, n)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read the BPF map: %w", err)
+	}
+	return nil
+}
+
+// Close detaches the probes.
+func (s *Session) Close() {
+	for _, l := range s.links {
+		l.Close()
+	}
+	s.m.Close()
+}
+
 // Locate attaches the probes to the executable of process pid (exe: its /proc/PID/exe), collects
 // receivers until the capture is complete, detaches, and returns the runners that validate in t.
 func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options) (Capture, error) {
@@ -107,43 +174,15 @@ func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options
 	if c.Points, err = Points(t.Binary, t.Layout.Generation); err != nil {
 		return c, err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return c, bpfError("raise the memlock limit", err)
-	}
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kptune_recv", Type: ebpf.Hash, KeySize: 24, ValueSize: 8, MaxEntries: maxSamples})
+	sess, err := Attach(exe, pid, c.ABI, c.Points)
 	if err != nil {
-		return c, bpfError("create the BPF map", err)
+		return c, err
 	}
-	defer m.Close()
-	ex, err := link.OpenExecutable(exe)
-	if err != nil {
-		return c, fmt.Errorf("open %s for probing: %w", exe, err)
-	}
-	var links []link.Link
-	defer func() {
-		for _, l := range links {
-			l.Close()
-		}
-	}()
-	for i, p := range c.Points {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: "kptune_probe", Type: ebpf.Kprobe, License: "Dual MIT/GPL",
-			Instructions: Program(c.ABI, pid, i, m.FD()),
-		})
-		if err != nil {
-			return c, bpfError("load the BPF program", err)
-		}
-		l, err := ex.Uprobe(eventName(p.Func), prog, &link.UprobeOptions{Address: p.Offset})
-		prog.Close() // the link holds it
-		if err != nil {
-			return c, bpfError("attach a uprobe to "+p.Func, err)
-		}
-		links = append(links, l)
-	}
+	defer sess.Close()
 	c.Attach = time.Since(start)
 	attached := time.Now()
 
-	seen := map[mapKey]bool{}
+	seen := map[Sample]bool{}
 	byAddr := map[uint64]bool{}
 	var last time.Time
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -154,14 +193,11 @@ func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options
 			return c, ctx.Err()
 		case <-tick.C:
 		}
-		var k mapKey
-		var n uint64
 		var hits uint64
-		it := m.Iterate()
-		for it.Next(&k, &n) {
+		err := sess.Samples(func(k Sample, n uint64) {
 			hits += n
 			if seen[k] {
-				continue
+				return
 			}
 			seen[k] = true
 			for _, f := range resolve(t, c.Points, c.ABI, k) {
@@ -174,9 +210,9 @@ func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options
 					}
 				}
 			}
-		}
-		if err := it.Err(); err != nil {
-			return c, fmt.Errorf("read the BPF map: %w", err)
+		})
+		if err != nil {
+			return c, err
 		}
 		c.Hits, c.Samples = hits, len(seen)
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
@@ -198,12 +234,12 @@ func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options
 }
 
 // resolve turns one sample into the runners it leads to.
-func resolve(t locate.Target, points []Point, abi ABI, k mapKey) []locate.Found {
+func resolve(t locate.Target, points []Point, abi ABI, k Sample) []locate.Found {
 	if k.Point >= uint64(len(points)) {
 		return nil
 	}
 	p := points[k.Point]
-	for _, recv := range abi.Receivers(Sample{Point: k.Point, Reg: k.Reg, Stack: k.Stack}) {
+	for _, recv := range abi.Receivers(k) {
 		if recv == 0 {
 			continue
 		}

@@ -21,6 +21,7 @@ import (
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
+	uprobe "kptune/internal/probe"
 	"kptune/internal/state"
 	"kptune/test/testbed"
 )
@@ -115,9 +116,15 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		before := rates(t, kps, 20*time.Second)
 		ten := 10 * time.Second
+		// Located by the uprobe alone, end to end.
+		byUprobe := inspect.LocateOptions{Locator: inspect.ByUprobe, Probe: uprobe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond}}
 		for _, kp := range kps {
-			if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &ten}, Store: store, Log: quiet()}); err != nil {
+			res, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &ten}, Store: store, Log: quiet(), Locate: byUprobe})
+			if err != nil {
 				t.Fatal(err)
+			}
+			if by := res.Processes[0].Locator; by != string(inspect.ByUprobe) {
+				t.Errorf("%s: located by %q, want uprobe", kp.Options.Build, by)
 			}
 		}
 		time.Sleep(12 * time.Second) // the bucket's stored burst drains
