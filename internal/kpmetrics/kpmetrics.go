@@ -11,7 +11,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -117,6 +119,39 @@ type Client struct {
 func NewClient(d netns.Dialer, address string) *Client {
 	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
 	return &Client{http: &http.Client{Transport: tr, Timeout: 10 * time.Second}, address: address}
+}
+
+// ForProcess returns a Client for kube-proxy process pid, run with the arguments cmdline.
+func ForProcess(pid int, cmdline []string) *Client {
+	return NewClient(netns.ForPID(pid), Address(cmdline))
+}
+
+// Address is kube-proxy's metrics server as seen from inside its network namespace: its
+// --metrics-bind-address, with an unspecified host read as loopback.
+func Address(cmdline []string) string {
+	addr := "127.0.0.1:10249"
+	if v, ok := FlagValue(cmdline, "--metrics-bind-address"); ok && v != "" {
+		if host, port, err := net.SplitHostPort(v); err == nil {
+			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+				host = "127.0.0.1"
+			}
+			addr = net.JoinHostPort(host, port)
+		}
+	}
+	return addr
+}
+
+// FlagValue reads a flag from a command line, as --name=value or --name value.
+func FlagValue(args []string, name string) (string, bool) {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v, true
+		}
+		if a == name && i+1 < len(args) {
+			return args[i+1], true
+		}
+	}
+	return "", false
 }
 
 // Scrape fetches and parses /metrics.

@@ -2,18 +2,12 @@ package tune
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
-	"kptune/internal/netns"
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
 )
@@ -82,7 +76,7 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 		return f.RetryInterval, ""
 	}
 	for _, flag := range []string{"--iptables-sync-period", "--ipvs-sync-period", "--sync-period"} {
-		if v, ok := flagValue(pr.p.Cmdline, flag); ok {
+		if v, ok := kpmetrics.FlagValue(pr.p.Cmdline, flag); ok {
 			if d, err := time.ParseDuration(v); err == nil && d > 0 {
 				return d, "from " + flag
 			}
@@ -94,39 +88,13 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 	return defaultSyncPeriod, "kube-proxy's default: not in its flags or /configz"
 }
 
-func flagValue(args []string, name string) (string, bool) {
-	for i, a := range args {
-		if v, ok := strings.CutPrefix(a, name+"="); ok {
-			return v, true
-		}
-		if a == name && i+1 < len(args) {
-			return args[i+1], true
-		}
-	}
-	return "", false
-}
-
-// metricsAddress is kube-proxy's metrics server, as seen from inside its network namespace.
-func metricsAddress(p procfs.Process) string {
-	addr := "127.0.0.1:10249"
-	if v, ok := flagValue(p.Cmdline, "--metrics-bind-address"); ok && v != "" {
-		if host, port, err := net.SplitHostPort(v); err == nil {
-			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
-				host = "127.0.0.1"
-			}
-			addr = net.JoinHostPort(host, port)
-		}
-	}
-	return addr
-}
-
 // observedSync is kube-proxy's average sync duration: of its partial syncs where it reports them
 // (1.28+), which are what runs under churn; the first sync after a start is a full one and can take
 // minutes at scale without saying anything about the next. Else of all its syncs.
 func observedSync(p procfs.Process) (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s, err := kpmetrics.NewClient(netns.ForPID(p.PID), metricsAddress(p)).Scrape(ctx)
+	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx)
 	if err != nil {
 		return 0, false
 	}
@@ -140,51 +108,18 @@ func observedSync(p procfs.Process) (time.Duration, bool) {
 	return time.Duration(sum / float64(n) * float64(time.Second)), true
 }
 
-// configzSyncPeriod reads syncPeriod from kube-proxy's /configz: internal Go field names up to 1.35
-// ("SyncPeriod", under "IPTables" up to 1.30), camelCase from 1.36.
+// configzSyncPeriod reads syncPeriod from kube-proxy's /configz.
 func configzSyncPeriod(p procfs.Process) (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	tr := &http.Transport{DialContext: netns.ForPID(p.PID).DialContext}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddress(p)+"/configz", nil)
+	cfg, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Configz(ctx)
 	if err != nil {
 		return 0, false
 	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		return 0, false
+	mode, _ := kpmetrics.FlagValue(p.Cmdline, "--proxy-mode")
+	if mode == "" {
+		mode = "iptables"
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, false
-	}
-	var doc any
-	if json.Unmarshal(body, &doc) != nil {
-		return 0, false
-	}
-	return findSyncPeriod(doc)
-}
-
-// findSyncPeriod returns the first syncPeriod in the document, preferring the top level.
-func findSyncPeriod(doc any) (time.Duration, bool) {
-	m, ok := doc.(map[string]any)
-	if !ok {
-		return 0, false
-	}
-	for k, v := range m {
-		if strings.EqualFold(k, "syncPeriod") {
-			if s, ok := v.(string); ok {
-				if d, err := time.ParseDuration(s); err == nil && d > 0 {
-					return d, true
-				}
-			}
-		}
-	}
-	for _, v := range m {
-		if d, ok := findSyncPeriod(v); ok {
-			return d, true
-		}
-	}
-	return 0, false
+	d, ok := cfg.Period("syncPeriod", mode)
+	return d, ok && d > 0
 }
