@@ -9,8 +9,10 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"kptune/internal/gobin"
+	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/probe"
@@ -241,8 +243,17 @@ type LocateOptions struct {
 var DefaultLocate = LocateOptions{Locator: ByAuto, Probe: probe.DefaultOptions}
 
 // LocateBy finds the runners of process pid with the chosen locator, and says which locator found
-// them: "scan", "uprobe" or "scan+uprobe".
+// them: "scan", "uprobe" or "scan+uprobe". Where the layout is the built-in table, the first runner's
+// values must confirm it.
 func LocateBy(ctx context.Context, pid int, b *gobin.Binary, o LocateOptions) (locate.Target, []locate.Found, string, error) {
+	t, found, by, err := locateBy(ctx, pid, b, o)
+	if err == nil && len(found) > 0 && t.Layout.Source == locate.BuiltinSource {
+		err = confirmBuiltin(ctx, pid, &t, found[0])
+	}
+	return t, found, by, err
+}
+
+func locateBy(ctx context.Context, pid int, b *gobin.Binary, o LocateOptions) (locate.Target, []locate.Found, string, error) {
 	if o.Locator == "" {
 		o.Locator = ByAuto
 	}
@@ -367,13 +378,50 @@ func K8sVersion(b *gobin.Binary) string {
 
 // proxyMode reads --proxy-mode from the command line; "" when it comes from a config file.
 func proxyMode(args []string) string {
-	for i, a := range args {
-		if v, ok := strings.CutPrefix(a, "--proxy-mode="); ok {
-			return v
-		}
-		if a == "--proxy-mode" && i+1 < len(args) {
-			return args[i+1]
+	v, _ := kpmetrics.FlagValue(args, "--proxy-mode")
+	return v
+}
+
+// Periods reads the periods kube-proxy process p configured its proxiers with, from its /configz.
+func Periods(ctx context.Context, p procfs.Process) (locate.Periods, error) {
+	cfg, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Configz(ctx)
+	if err != nil {
+		return locate.Periods{}, err
+	}
+	mode := proxyMode(p.Cmdline)
+	if mode == "" {
+		mode = cfg.Mode()
+	}
+	if mode == "" {
+		mode = "iptables" // kube-proxy's default on Linux
+	}
+	min, ok1 := cfg.Period("minSyncPeriod", mode)
+	sync, ok2 := cfg.Period("syncPeriod", mode)
+	if !ok1 || !ok2 {
+		return locate.Periods{}, fmt.Errorf("no minSyncPeriod and syncPeriod for mode %s in kube-proxy's /configz", mode)
+	}
+	return locate.Periods{MinSync: min, Sync: sync}, nil
+}
+
+// confirmBuiltin checks the built-in layout, used where the binary's type descriptors and DWARF
+// cannot be read, against the layout a runner's values give: a contradiction refuses the process.
+func confirmBuiltin(ctx context.Context, pid int, t *locate.Target, f locate.Found) error {
+	p, err := procfs.Get(pid)
+	if err != nil {
+		return err
+	}
+	periods, err := Periods(ctx, p)
+	if err == nil {
+		var l locate.Layout
+		l, err = locate.LayoutFromProcess(ctx, *t, f.Address, periods, 500*time.Millisecond)
+		if err == nil && !locate.SameFields(l, t.Layout) {
+			return fmt.Errorf("the built-in %s layout disagrees with the layout runner %#x's values give (%+v): a build kptune does not know, nothing will be written", t.Layout.Generation, f.Address, l)
 		}
 	}
-	return ""
+	if err != nil {
+		t.Layout.Source += " (unconfirmed: " + err.Error() + ")"
+		return nil
+	}
+	t.Layout.Source += ", confirmed by values"
+	return nil
 }

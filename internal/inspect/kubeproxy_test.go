@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +118,47 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		if !listed {
 			t.Errorf("inspecting all processes did not list pid %d with its %d runners", p.PID, w.runners)
 		}
+		checkValueLayout(t, w.kp, p.Found(), locate.Periods{MinSync: period, Sync: sync})
+	}
+}
+
+// checkValueLayout: the periods read from kube-proxy's /configz are those it was started with; the
+// layout found from each runner's values equals the one from the type descriptors; the built-in
+// table is confirmed by the values, and a wrong table is refused.
+func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found, want locate.Periods) {
+	t.Helper()
+	ctx := context.Background()
+	proc, b, err := Open(kp.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	periods, err := Periods(ctx, proc)
+	if err != nil || periods != want {
+		t.Fatalf("periods from /configz %+v (%v), want %+v", periods, err, want)
+	}
+	tg, err := Target(kp.PID(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range found {
+		l, err := locate.LayoutFromProcess(ctx, tg, f.Address, periods, 300*time.Millisecond)
+		if err != nil {
+			t.Fatalf("runner %#x: %v", f.Address, err)
+		}
+		if !locate.SameFields(l, tg.Layout) {
+			t.Errorf("runner %#x: layout from values\n%+v\nfrom type descriptors\n%+v", f.Address, l, tg.Layout)
+		}
+	}
+	builtin := tg
+	builtin.Layout = locate.Builtin(tg.Layout.Generation)
+	if err := confirmBuiltin(ctx, kp.PID(), &builtin, found[0]); err != nil || !strings.HasSuffix(builtin.Layout.Source, "confirmed by values") {
+		t.Errorf("built-in table: %v, source %q", err, builtin.Layout.Source)
+	}
+	wrong := tg
+	wrong.Layout = locate.Builtin(tg.Layout.Generation)
+	wrong.Layout.MaxInterval += 8
+	if err := confirmBuiltin(ctx, kp.PID(), &wrong, found[0]); err == nil || !strings.Contains(err.Error(), "disagrees") {
+		t.Errorf("a wrong built-in table: %v", err)
 	}
 }

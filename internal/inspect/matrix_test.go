@@ -16,7 +16,9 @@ import (
 // TestMatrix runs every kube-proxy of the matrix (testbed.Matrix) against one control plane with
 // unusual periods, and checks that it syncs and writes the loaded Services, that the layouts from its
 // type descriptors, from the built-in table and (unstripped builds) from DWARF agree, and that inspect
-// reports exactly the periods each proxier runs with. Run with `make test-matrix`.
+// reports exactly the periods each proxier runs with; under churn, the uprobe locator finds the same
+// runners as the memory scan, and the layout found from the runners' values equals the type
+// descriptors'. Run with `make test-matrix`.
 func TestMatrix(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
@@ -73,11 +75,11 @@ func TestMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantMin, wantMax := period, time.Hour
+			wantMin, wantMax, wantSync := period, time.Hour, sync
 			minor := testbed.Minor(tg.Build.Version)
 			if tg.Mode == testbed.NFTables && minor <= 30 {
 				// 1.29–1.30 nftables reads its own config section, not the --iptables-* flags.
-				wantMin, wantMax = time.Second, 30*time.Second
+				wantMin, wantMax, wantSync = time.Second, 30*time.Second, 30*time.Second
 			}
 			wantRunners, err := kp.Proxiers()
 			if err != nil {
@@ -104,6 +106,7 @@ func TestMatrix(t *testing.T) {
 			if p.Locator != "scan+uprobe" {
 				t.Errorf("located by %q, want scan+uprobe", p.Locator)
 			}
+			checkValueLayout(t, kp, p.Found(), locate.Periods{MinSync: wantMin, Sync: wantSync})
 			t.Logf("%s: %s runners %d, min %v, layout from %s, located by %s", tg, p.Generation, len(p.Found()), wantMin, p.LayoutSource, p.Locator)
 		})
 	}

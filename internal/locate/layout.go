@@ -184,12 +184,15 @@ func offsets(s gobin.Struct, need map[string]*uint64) error {
 // builtin is the last resort, for 64-bit builds whose descriptors and DWARF cannot be read: the
 // layouts of the two generations, as every release so far has them.
 var builtin = map[Generation]Layout{
-	Async: {Generation: Async, Source: "built-in table", RunnerSize: 152,
+	Async: {Generation: Async, Source: BuiltinSource, RunnerSize: 152,
 		Name: 0, MinInterval: 16, MaxInterval: 24, Run: 32, Fn: 48, Limiter: 96,
 		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16},
-	Runner: {Generation: Runner, Source: "built-in table", RunnerSize: 104,
+	Runner: {Generation: Runner, Source: BuiltinSource, RunnerSize: 104,
 		Name: 0, MinInterval: 16, RetryInterval: 24, MaxInterval: 32, Run: 40, Fn: 48},
 }
+
+// BuiltinSource is the Source of the built-in layouts.
+const BuiltinSource = "built-in table"
 
 // Builtin returns the built-in layout of a generation.
 func Builtin(gen Generation) Layout { return builtin[gen] }
