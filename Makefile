@@ -38,10 +38,12 @@ test-matrix:
 	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/inspect/
 
 # Benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):
-# inspect's wall time and peak RSS; a retune by kptune against perf probe + gdb, side by side.
+# inspect's wall time and peak RSS; the memory scan against the uprobe locator; a retune by kptune
+# against perf probe + gdb, side by side. Then what an attached uprobe costs per call.
 bench: prebuild
 	./test/setup.sh --bench
 	KPTUNE_BENCH_RECORD=1 $(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-10x} -timeout 90m ./test/bench | tee bench/results/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/probe | tee bench/results/probe.txt
 
 demo: setup
 	$(GO) run ./test/cmd/testbed demo

@@ -6,7 +6,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -25,7 +24,9 @@ import (
 
 	"kptune/internal/freeze"
 	"kptune/internal/gobin"
+	"kptune/internal/inspect"
 	"kptune/internal/locate"
+	"kptune/internal/probe"
 	"kptune/test/testbed"
 )
 
@@ -164,6 +165,56 @@ func BenchmarkInspect(b *testing.B) {
 		"wallMaxMs": ms(pct(walls, 100)), "peakRSSMiB": float64(rss) / (1 << 20), "runs": len(walls)})
 }
 
+// BenchmarkLocate: the two locators side by side on the same kube-proxy under churn, in-process:
+// the memory scan's time, and the uprobe's time to attach, to its first valid runner and in all
+// (detach included, after a settle of 200 ms), with the probe hits it took.
+func BenchmarkLocate(b *testing.B) {
+	e := get(b)
+	bin, err := gobin.Open(e.kp.Binary)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bin.Close()
+	pid := e.kp.PID()
+	t, err := inspect.Target(pid, bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var scans, attach, first, total []time.Duration
+	var hits uint64
+	var held time.Duration
+	for b.Loop() {
+		start := time.Now()
+		scanned, err := locate.Scan(t)
+		if err != nil || len(scanned) == 0 {
+			b.Fatalf("scan: %d runners, %v", len(scanned), err)
+		}
+		scans = append(scans, time.Since(start))
+		c, err := probe.Locate(context.Background(), t, pid, fmt.Sprintf("/proc/%d/exe", pid),
+			probe.Options{Timeout: time.Minute, Settle: 200 * time.Millisecond})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(c.Found) != len(scanned) || c.Found[0].Address != scanned[0].Address {
+			b.Fatalf("uprobe found %d runners (%#x), the scan %d (%#x)", len(c.Found), c.Found[0].Address, len(scanned), scanned[0].Address)
+		}
+		attach, first, total = append(attach, c.Attach), append(first, c.Attach+c.First), append(total, c.Elapsed)
+		hits += c.Hits
+		held += c.Elapsed - c.Attach
+	}
+	hitRate := float64(hits) / held.Seconds()
+	b.ReportMetric(ms(pct(scans, 50)), "scan-p50-ms")
+	b.ReportMetric(ms(pct(attach, 50)), "uprobe-attach-p50-ms")
+	b.ReportMetric(ms(pct(first, 50)), "uprobe-first-p50-ms")
+	b.ReportMetric(ms(pct(total, 50)), "uprobe-total-p50-ms")
+	b.ReportMetric(float64(pct(first, 50))/float64(pct(scans, 50)), "uprobe-first/scan")
+	b.ReportMetric(hitRate, "hits/s-attached")
+	record(b, "locate", map[string]any{"services": services, "endpoints": endpoints, "iterations": len(scans),
+		"scanP50ms": ms(pct(scans, 50)), "scanMaxMs": ms(pct(scans, 100)),
+		"uprobeAttachP50ms": ms(pct(attach, 50)), "uprobeFirstP50ms": ms(pct(first, 50)), "uprobeFirstMaxMs": ms(pct(first, 100)),
+		"uprobeTotalP50ms": ms(pct(total, 50)), "hitsPerSecondAttached": hitRate, "churnPerSecond": 10})
+}
+
 // BenchmarkRetune: each iteration retunes the same kube-proxy once with kptune and once the way
 // the original write-up did (perf probe to capture the runner's address, gdb -p to write its
 // fields), and reports both and their ratios.
@@ -232,13 +283,17 @@ func gdbRetune(b *testing.B, e *bed, period string) (capture, stop, total time.D
 	if err != nil {
 		b.Fatal(err)
 	}
-	off, err := fileOffset(bin, locate.AsyncTryRun)
+	entry, _, ok := bin.Func(locate.AsyncTryRun)
+	if !ok {
+		b.Fatalf("no %s in %s", locate.AsyncTryRun, e.kp.Binary)
+	}
+	off, err := bin.FileOffset(entry)
 	if err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	probe := fmt.Sprintf("kptbench=%#x runner=%%ax:x64", off)
-	if out, err := exec.Command("perf", "probe", "-q", "-x", e.kp.Binary, "-a", probe).CombinedOutput(); err != nil {
+	spec := fmt.Sprintf("kptbench=%#x runner=%%ax:x64", off)
+	if out, err := exec.Command("perf", "probe", "-q", "-x", e.kp.Binary, "-a", spec).CombinedOutput(); err != nil {
 		b.Fatalf("perf probe: %v: %s", err, out)
 	}
 	defer exec.Command("perf", "probe", "-q", "-d", "probe_kube:kptbench").Run()
@@ -327,20 +382,6 @@ func readWord(b *testing.B, pid int, addr uint64) uint64 {
 		b.Fatal(err)
 	}
 	return binary.LittleEndian.Uint64(buf[:])
-}
-
-// fileOffset converts a function's address to the file offset perf probe wants.
-func fileOffset(bin *gobin.Binary, fn string) (uint64, error) {
-	entry, _, ok := bin.Func(fn)
-	if !ok {
-		return 0, fmt.Errorf("no %s", fn)
-	}
-	for _, p := range bin.ELF.Progs {
-		if p.Type == elf.PT_LOAD && entry >= p.Vaddr && entry < p.Vaddr+p.Filesz {
-			return entry - p.Vaddr + p.Off, nil
-		}
-	}
-	return 0, fmt.Errorf("%s at %#x is in no loaded segment", fn, entry)
 }
 
 func pct(ds []time.Duration, p int) time.Duration {
