@@ -83,6 +83,8 @@ func TestBadInput(t *testing.T) {
 		{"set with nothing to set", false, []string{"set", "--pid", self}, "nothing to set"},
 		{"a bad period", false, []string{"set", "--min-sync-period", "fast"}, "invalid argument"},
 		{"a bad output format", false, []string{"inspect", "-o", "yaml"}, "use table or json"},
+		{"an unknown locator", false, []string{"inspect", "--locate", "gdb"}, "use auto, scan, uprobe or both"},
+		{"a bad probe timeout", false, []string{"set", "--min-sync-period", "2s", "--probe-timeout", "0s"}, "must be positive"},
 		{"no permission", true, []string{"inspect", "--pid", self}, "CAP_SYS_PTRACE"},
 		{"no permission to set", true, []string{"set", "--min-sync-period", "2s", "--pid", self, "--state-dir", open}, "CAP_SYS_PTRACE"},
 		{"a state directory it cannot write", true, []string{"set", "--min-sync-period", "2s", "--pid", self, "--state-dir", "/root/kptune-state"}, "use --state-dir"},

@@ -96,10 +96,10 @@ func runInspect(out io.Writer, f inspectFlags) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tK8S\tGO\tMODE\tRUNNER\tMIN\tMAX\tRETRY\tQPS\tBURST\tPATCHABLE")
+	fmt.Fprintln(tw, "PID\tK8S\tGO\tMODE\tRUNNER\tMIN\tMAX\tRETRY\tQPS\tBURST\tFOUND BY\tPATCHABLE")
 	for _, p := range r.Processes {
 		if p.Error != "" {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\t%s\n", p.PID, p.K8sVersion, p.GoVersion, dash(p.ProxyMode), p.Error)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t%s\n", p.PID, p.K8sVersion, p.GoVersion, dash(p.ProxyMode), p.Error)
 			continue
 		}
 		for _, rn := range p.Runners {
@@ -111,8 +111,8 @@ func runInspect(out io.Writer, f inspectFlags) error {
 			if !rn.Patchable {
 				patch = "no: " + rn.Reason
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PID, p.K8sVersion, p.GoVersion, dash(p.ProxyMode),
-				rn.Address, rn.MinInterval, rn.MaxInterval, dash(rn.RetryInterval), qps, burst, patch)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PID, p.K8sVersion, p.GoVersion, dash(p.ProxyMode),
+				rn.Address, rn.MinInterval, rn.MaxInterval, dash(rn.RetryInterval), qps, burst, p.Locator, patch)
 		}
 	}
 	return tw.Flush()

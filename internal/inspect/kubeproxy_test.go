@@ -3,12 +3,18 @@ package inspect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"kptune/internal/freeze"
 	"kptune/internal/locate"
+	"kptune/internal/memory"
+	"kptune/internal/procfs"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
 )
@@ -71,6 +77,8 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		t.Errorf("uprobe in a quiet cluster: %v, want %v", err, probe.ErrNoCall)
 	}
 
+	killedWhileProbing(t, wants[0].kp)
+
 	all, err := All(ctx, DefaultLocate)
 	if err != nil {
 		t.Fatal(err)
@@ -119,6 +127,44 @@ func TestInspectRealKubeProxy(t *testing.T) {
 			t.Errorf("inspecting all processes did not list pid %d with its %d runners", p.PID, w.runners)
 		}
 		checkValueLayout(t, w.kp, p.Found(), locate.Periods{MinSync: period, Sync: sync})
+		if w.gen == locate.Runner {
+			checkProxierSearch(t, w.kp, p.Found())
+		}
+	}
+}
+
+// checkProxierSearch: with the proxiers' layouts unknown (as in a build whose type descriptors and
+// DWARF are unreadable), the uprobe finds the runners by searching the proxier for them.
+func checkProxierSearch(t *testing.T, kp *testbed.KubeProxy, found []locate.Found) {
+	t.Helper()
+	_, b, err := Open(kp.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tg, err := Target(kp.PID(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	points, err := probe.Points(b, tg.Layout.Generation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range points {
+		if points[i].Field >= 0 {
+			points[i].Field = probe.Search
+		}
+		for name := range points[i].Proxiers {
+			points[i].Proxiers[name] = probe.Search
+		}
+	}
+	c, err := probe.Locate(context.Background(), tg, kp.PID(), fmt.Sprintf("/proc/%d/exe", kp.PID()),
+		probe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond, Points: points})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agree(found, c.Found); err != nil {
+		t.Errorf("searching the proxiers: %v", err)
 	}
 }
 
@@ -160,5 +206,69 @@ func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found,
 	wrong.Layout.MaxInterval += 8
 	if err := confirmBuiltin(ctx, kp.PID(), &wrong, found[0]); err == nil || !strings.Contains(err.Error(), "disagrees") {
 		t.Errorf("a wrong built-in table: %v", err)
+	}
+}
+
+// killedWhileProbing: kptune SIGKILLed while its uprobe is attached leaves nothing behind: the
+// breakpoint the kernel placed at tryRun's entry (int3, 0xcc) is gone from kube-proxy's code once
+// the kernel has closed kptune's descriptors, and kube-proxy runs on, neither stopped nor traced.
+func killedWhileProbing(t *testing.T, kp *testbed.KubeProxy) {
+	t.Helper()
+	kptune := filepath.Join(t.TempDir(), "kptune")
+	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
+	build.Dir = testbed.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kptune: %v: %s", err, out)
+	}
+	_, b, err := Open(kp.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	entry, _, ok := b.Func(locate.AsyncTryRun)
+	if !ok || b.PIE {
+		t.Fatalf("no tryRun at a fixed address (PIE %v)", b.PIE)
+	}
+	code := func() byte {
+		var c [1]byte
+		if err := (memory.Process{PID: kp.PID()}).ReadAt(c[:], entry); err != nil {
+			t.Fatal(err)
+		}
+		return c[0]
+	}
+	original := code()
+	if original == 0xcc {
+		t.Fatal("tryRun starts with int3 before any probe")
+	}
+	for round := 0; round < 3; round++ {
+		cmd := exec.Command(kptune, "inspect", "--pid", strconv.Itoa(kp.PID()), "--locate", "uprobe", "--probe-timeout", "1m")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for code() != 0xcc && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		attached := code() == 0xcc
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if !attached {
+			t.Fatal("the uprobe's breakpoint never appeared at tryRun's entry")
+		}
+		deadline = time.Now().Add(5 * time.Second)
+		for code() != original && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := code(); got != original {
+			t.Fatalf("round %d: tryRun starts with %#x after kptune was killed, want %#x", round, got, original)
+		}
+		p, err := procfs.Get(kp.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tracer, err := freeze.TracerPID(kp.PID())
+		if err != nil || tracer != 0 || p.State == 't' || p.State == 'T' || p.State == 'Z' {
+			t.Fatalf("round %d: kube-proxy is in state %c, traced by %d (%v)", round, p.State, tracer, err)
+		}
 	}
 }

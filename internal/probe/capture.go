@@ -28,6 +28,8 @@ type Options struct {
 	// Settle is how long to keep listening after the last new runner: a dual-stack kube-proxy has
 	// two, triggered together.
 	Settle time.Duration
+	// Points replaces the points Points computes (tests).
+	Points []Point
 }
 
 // DefaultOptions suit a kube-proxy under churn: its proxiers are called on every Service or
@@ -171,8 +173,11 @@ func Locate(ctx context.Context, t locate.Target, pid int, exe string, o Options
 	if c.ABI, err = ABIFor(t.Binary.ELF.Machine, t.Binary.GoMinor); err != nil {
 		return c, err
 	}
-	if c.Points, err = Points(t.Binary, t.Layout.Generation); err != nil {
-		return c, err
+	c.Points = o.Points
+	if c.Points == nil {
+		if c.Points, err = Points(t.Binary, t.Layout.Generation); err != nil {
+			return c, err
+		}
 	}
 	sess, err := Attach(exe, pid, c.ABI, c.Points)
 	if err != nil {
@@ -247,12 +252,8 @@ func resolve(t locate.Target, points []Point, abi ABI, k Sample) []locate.Found 
 		switch {
 		case p.Via != nil:
 			addrs = viaMeta(t, p, recv)
-		case p.Field >= 0:
-			if a, ok := word(t, recv+uint64(p.Field)); ok {
-				addrs = append(addrs, a)
-			}
 		default:
-			addrs = append(addrs, recv)
+			addrs = runnerOf(t, recv, p.Field)
 		}
 		var out []locate.Found
 		for _, a := range addrs {
@@ -281,19 +282,40 @@ func viaMeta(t locate.Target, p Point, meta uint64) []uint64 {
 		if !ok {
 			continue
 		}
-		name, err := t.Binary.TypeName(typ - t.Bias)
-		if err != nil {
-			continue
+		field := int64(Search) // the dynamic type's name is unreadable: search the proxier
+		if name, err := t.Binary.TypeName(typ - t.Bias); err == nil {
+			if field, ok = p.Proxiers[name]; !ok {
+				continue // not a proxier kptune knows
+			}
 		}
-		field, ok := p.Proxiers[name]
-		if !ok {
-			continue
-		}
-		if r, ok := word(t, data+uint64(field)); ok {
-			out = append(out, r)
-		}
+		out = append(out, runnerOf(t, data, field)...)
 	}
 	return out
+}
+
+// runnerOf returns the candidate runners a receiver leads to: itself, the pointer at a known
+// offset, or (Search) every word of the proxier that points at a valid runner.
+func runnerOf(t locate.Target, recv uint64, field int64) []uint64 {
+	switch {
+	case field == Self:
+		return []uint64{recv}
+	case field >= 0:
+		if a, ok := word(t, recv+uint64(field)); ok {
+			return []uint64{a}
+		}
+		return nil
+	}
+	buf := make([]byte, searchProxier)
+	if t.Mem.ReadAt(buf, recv) != nil {
+		return nil
+	}
+	for off := 0; off+8 <= len(buf); off += 8 {
+		a := binary.LittleEndian.Uint64(buf[off:])
+		if _, ok := locate.Validate(t, a); ok {
+			return []uint64{a}
+		}
+	}
+	return nil
 }
 
 func word(t locate.Target, addr uint64) (uint64, bool) {

@@ -31,8 +31,8 @@ type Point struct {
 	Func   string // full Go name
 	Entry  uint64 // entry address, in the file's image
 	Offset uint64 // file offset of the entry, where the uprobe goes
-	// Field is where the receiver holds the runner: -1 when the receiver is the runner, else the
-	// offset of the proxier's syncRunner pointer.
+	// Field is where the receiver holds the runner: Self when the receiver is the runner, Search
+	// when the proxier's layout is unknown, else the offset of the proxier's syncRunner pointer.
 	Field int64
 	// Via, for a dual-stack metaProxier's handler: the offsets of its two proxy.Provider interface
 	// fields (ipv4Proxier, ipv6Proxier), whose dynamic types name the proxier and so, in Proxiers,
@@ -45,6 +45,15 @@ type Point struct {
 // object's address family, so an IPv4 EndpointSlice change triggers only the IPv4 runner. Its
 // handlers lead to both.
 const MetaProxier = "k8s.io/kubernetes/pkg/proxy/metaproxier"
+
+// Field values that are not offsets.
+const (
+	Self   = -1 // the receiver is the runner
+	Search = -2 // the receiver is a proxier whose layout is unknown: look for the runner pointer
+)
+
+// searchProxier bounds the search for a runner pointer in a proxier (a Proxier is 300–700 bytes).
+const searchProxier = 1024
 
 // ProxyModes are the Linux proxiers, each a package of k8s.io/kubernetes/pkg/proxy with a Proxier
 // type that owns a sync runner.
@@ -73,7 +82,10 @@ func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
 		pkg := "k8s.io/kubernetes/pkg/proxy/" + mode
 		field, ok := syncRunnerField(b, mode+".Proxier", pkg)
 		if !ok {
-			continue
+			if _, _, exists := b.Func(pkg + ".(*Proxier).Sync"); !exists {
+				continue
+			}
+			field = Search // a proxier whose type descriptor and DWARF are unreadable
 		}
 		proxiers["*"+mode+".Proxier"] = field
 		if gen == locate.Runner {
@@ -85,14 +97,14 @@ func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
 		}
 	}
 	if gen == locate.Async {
-		if err := add(locate.AsyncTryRun, -1); err != nil {
+		if err := add(locate.AsyncTryRun, Self); err != nil {
 			return nil, err
 		}
 	}
 	if via, ok := metaFields(b); ok && len(proxiers) > 0 {
 		n := len(out)
 		for _, fn := range []string{"OnEndpointSliceAdd", "OnEndpointSliceUpdate", "OnEndpointSliceDelete", "OnServiceAdd", "OnServiceUpdate", "OnServiceDelete"} {
-			if err := add(MetaProxier+".(*metaProxier)."+fn, -1); err != nil {
+			if err := add(MetaProxier+".(*metaProxier)."+fn, Self); err != nil {
 				return nil, err
 			}
 		}

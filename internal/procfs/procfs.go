@@ -28,6 +28,7 @@ var ErrGone = errors.New("process no longer exists")
 type Process struct {
 	PID       int
 	StartTime uint64 // clock ticks since boot
+	State     byte   // R, S, D, t (traced), T (stopped), Z …, as read
 	Comm      string
 	Cmdline   []string
 }
@@ -56,6 +57,7 @@ func Get(pid int) (Process, error) {
 	if len(fields) < 20 {
 		return Process{}, fmt.Errorf("pid %d: short stat", pid)
 	}
+	p.State = fields[0][0]
 	if p.StartTime, err = strconv.ParseUint(fields[19], 10, 64); err != nil {
 		return Process{}, fmt.Errorf("pid %d: start time: %w", pid, err)
 	}
