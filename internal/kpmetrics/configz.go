@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"time"
 )
@@ -29,19 +28,12 @@ func ParseConfig(r io.Reader) (Config, error) {
 
 // Configz fetches and parses /configz.
 func (c *Client) Configz(ctx context.Context) (Config, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.address+"/configz", nil)
-	if err != nil {
-		return Config{}, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return Config{}, fmt.Errorf("read kube-proxy /configz at %s: %w", c.address, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Config{}, fmt.Errorf("read kube-proxy /configz at %s: %s", c.address, resp.Status)
-	}
-	return ParseConfig(resp.Body)
+	var cfg Config
+	err := c.get(ctx, "/configz", "read kube-proxy /configz", func(r io.Reader) (err error) {
+		cfg, err = ParseConfig(r)
+		return err
+	})
+	return cfg, err
 }
 
 // Period returns a period of the proxy mode's proxier ("minSyncPeriod", "syncPeriod"): the

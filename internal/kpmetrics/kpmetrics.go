@@ -156,17 +156,27 @@ func FlagValue(args []string, name string) (string, bool) {
 
 // Scrape fetches and parses /metrics.
 func (c *Client) Scrape(ctx context.Context) (Snapshot, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.address+"/metrics", nil)
+	var s Snapshot
+	err := c.get(ctx, "/metrics", "scrape kube-proxy metrics", func(r io.Reader) (err error) {
+		s, err = Parse(r)
+		return err
+	})
+	return s, err
+}
+
+// get fetches one of kube-proxy's pages and hands a 200's body to parse.
+func (c *Client) get(ctx context.Context, path, what string, parse func(io.Reader) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.address+path, nil)
 	if err != nil {
-		return Snapshot{}, err
+		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("scrape kube-proxy metrics at %s: %w", c.address, err)
+		return fmt.Errorf("%s at %s: %w", what, c.address, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return Snapshot{}, fmt.Errorf("scrape kube-proxy metrics at %s: %s", c.address, resp.Status)
+		return fmt.Errorf("%s at %s: %s", what, c.address, resp.Status)
 	}
-	return Parse(resp.Body)
+	return parse(resp.Body)
 }
