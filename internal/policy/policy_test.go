@@ -1,0 +1,93 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var adaptive = Adaptive{Budget: 0.2, Floor: time.Second, Ceiling: 30 * time.Second, Hysteresis: 0.2, MaxStep: 2}
+
+// churn models kube-proxy under heavy churn at period p for a window: it syncs once a period, each
+// sync costing cost seconds of CPU.
+func churn(p time.Duration, cost float64, window time.Duration) Inputs {
+	syncs := window.Seconds() / p.Seconds()
+	return Inputs{Window: window, Syncs: syncs, SyncSeconds: syncs * cost * 0.8, CPUSeconds: syncs * cost, Changes: 50 * window.Seconds(), SyncPeriod: 30 * time.Second}
+}
+
+func TestAdaptive(t *testing.T) {
+	if err := adaptive.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		current time.Duration
+		in      Inputs
+		want    time.Duration
+	}{
+		// 1s costs 0.5 cores with 0.5s syncs: 2.5s would fit 0.2 cores; at most ×2 a step.
+		{"over budget: up, by at most the step", time.Second, churn(time.Second, 0.5, time.Minute), 2 * time.Second},
+		{"over budget, second step reaches the answer", 2 * time.Second, churn(2*time.Second, 0.5, time.Minute), 2500 * time.Millisecond},
+		{"cheap syncs: down to what the budget allows", 10 * time.Second, churn(10*time.Second, 0.6, time.Minute), 5 * time.Second},
+		{"cheap syncs: never below the floor", 2 * time.Second, churn(2*time.Second, 0.01, time.Minute), time.Second},
+		{"a fall within hysteresis: keep", 2 * time.Second, churn(2*time.Second, 0.36, time.Minute), 2 * time.Second},
+		{"a rise within hysteresis: over budget, so rise", 2 * time.Second, churn(2*time.Second, 0.44, time.Minute), 2200 * time.Millisecond},
+		{"quiet: keep", 5 * time.Second, Inputs{Window: time.Minute, SyncPeriod: 30 * time.Second}, 5 * time.Second},
+		{"churn-limited and under budget: do not raise", time.Second,
+			Inputs{Window: time.Minute, Syncs: 6, CPUSeconds: 6, SyncPeriod: 30 * time.Second}, time.Second},
+		{"expensive syncs: never above syncPeriod", 20 * time.Second,
+			Inputs{Window: time.Minute, Syncs: 3, CPUSeconds: 60, SyncPeriod: 25 * time.Second}, 25 * time.Second},
+		{"a period out of bounds is brought in even within hysteresis", 40 * time.Second,
+			Inputs{Window: time.Minute, Syncs: 1, CPUSeconds: 7.5, SyncPeriod: 30 * time.Second}, 30 * time.Second},
+		{"no CPU measured: sync time is the cost", time.Second,
+			Inputs{Window: time.Minute, Syncs: 60, SyncSeconds: 30, SyncPeriod: 30 * time.Second}, 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := adaptive.Decide(tc.current, tc.in)
+			if d.Period != tc.want {
+				t.Errorf("Decide(%v) = %v (%s), want %v", tc.current, d.Period, d.Reason, tc.want)
+			}
+			if d.Reason == "" {
+				t.Error("a decision without its reason")
+			}
+		})
+	}
+}
+
+// TestAdaptiveConverges: under steady churn it settles where the CPU fits the budget, and stays.
+func TestAdaptiveConverges(t *testing.T) {
+	const cost = 0.9 // seconds of CPU a sync
+	p := time.Second
+	var trail []string
+	for i := 0; i < 12; i++ {
+		d := adaptive.Decide(p, churn(p, cost, time.Minute))
+		trail = append(trail, d.Period.String())
+		p = d.Period
+	}
+	if want := time.Duration(cost / adaptive.Budget * float64(time.Second)); p != want {
+		t.Errorf("settled at %v, want %v: %s", p, want, strings.Join(trail, " "))
+	}
+	if used := cost / p.Seconds(); used > adaptive.Budget*1.0001 {
+		t.Errorf("settled over budget: %.3f cores", used)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, bad := range []Adaptive{
+		{Budget: 0, Floor: time.Second, Ceiling: time.Minute, MaxStep: 2},
+		{Budget: 0.2, Floor: 0, Ceiling: time.Minute, MaxStep: 2},
+		{Budget: 0.2, Floor: time.Minute, Ceiling: time.Second, MaxStep: 2},
+		{Budget: 0.2, Floor: time.Second, Ceiling: time.Minute, Hysteresis: 1, MaxStep: 2},
+		{Budget: 0.2, Floor: time.Second, Ceiling: time.Minute, MaxStep: 0.5},
+	} {
+		if bad.Validate() == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+func TestStatic(t *testing.T) {
+	if d := (Static{Period: 3 * time.Second}).Decide(time.Second, Inputs{}); d.Period != 3*time.Second {
+		t.Errorf("static: %v", d.Period)
+	}
+}
