@@ -24,7 +24,7 @@ func NewCommand(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(newVersionCommand(), newInspectCommand(), newSetCommand(), newResetCommand())
+	root.AddCommand(newVersionCommand(), newInspectCommand(), newSetCommand(), newResetCommand(), newAgentCommand())
 	return root
 }
 

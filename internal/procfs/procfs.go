@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Root is where procfs is mounted; tests and containers may point it elsewhere.
@@ -67,6 +68,38 @@ func Get(pid int) (Process, error) {
 		}
 	}
 	return p, nil
+}
+
+// userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on every Linux architecture
+// Go supports).
+const userHZ = 100
+
+// CPU returns the CPU time process pid has used, with that of its children it has waited for
+// (utime + stime + cutime + cstime): for kube-proxy, its own and its iptables-restore or nft runs'.
+func CPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "stat"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	} else if err != nil {
+		return 0, err
+	}
+	close := bytes.LastIndexByte(stat, ')')
+	if close < 0 {
+		return 0, fmt.Errorf("pid %d: malformed stat", pid)
+	}
+	fields := strings.Fields(string(stat[close+1:]))
+	if len(fields) < 15 {
+		return 0, fmt.Errorf("pid %d: short stat", pid)
+	}
+	var ticks uint64
+	for _, f := range fields[11:15] { // fields 14–17: utime, stime, cutime, cstime
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: cpu time: %w", pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
 // List returns every process whose stat is readable.

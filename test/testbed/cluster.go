@@ -223,3 +223,33 @@ func (c *Cluster) addNetns(name string) error {
 	_ = delNetns(name)
 	return addNetns(name)
 }
+
+// AdminKubeconfig is a kubeconfig with full rights, for programs run in the control plane's
+// namespace (it points at the API server on that namespace's loopback).
+func (c *Cluster) AdminKubeconfig() string { return filepath.Join(c.Dir, "admin.kubeconfig") }
+
+// Process is a program the test bed started.
+type Process struct{ p *proc }
+
+// StartInControlPlane runs a program in the control plane's network namespace (where
+// AdminKubeconfig reaches the API server), logging to a file of the test bed. It dies with the
+// caller, and with the test bed.
+func (c *Cluster) StartInControlPlane(name, bin string, args ...string) (*Process, error) {
+	p, err := c.start(name, c.NS, filepath.Join(c.Dir, name+".log"), nil, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	return &Process{p: p}, nil
+}
+
+// PID is the process's id.
+func (p *Process) PID() int { return p.p.pid() }
+
+// Log is the path of its log.
+func (p *Process) Log() string { return p.p.log }
+
+// Running reports whether it still runs.
+func (p *Process) Running() bool { return !p.p.exited() }
+
+// Stop asks it to end (SIGTERM, then SIGKILL after 10 s) and waits.
+func (p *Process) Stop() { p.p.stop() }

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -56,6 +57,9 @@ type KubeProxy struct {
 	Metrics *kpmetrics.Client
 
 	proc *proc
+	c    *Cluster
+	env  []string
+	args []string
 }
 
 var minorRE = regexp.MustCompile(`^v?1\.(\d+)\.`)
@@ -192,8 +196,8 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 		}
 		env = []string{"PATH=" + dir + ":/usr/local/bin:/usr/bin:/bin"}
 	}
-	kp.proc, err = c.start("kube-proxy "+kp.Node, kp.NS, filepath.Join(c.Dir, kp.Node+".log"), env, bin, args...)
-	if err != nil {
+	kp.c, kp.env, kp.args = c, env, args
+	if err := kp.run(); err != nil {
 		return nil, err
 	}
 	kp.Metrics = kpmetrics.NewClient(netns.ForName(kp.NS), MetricsAddress)
@@ -201,6 +205,19 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 	c.kps = append(c.kps, kp)
 	c.mu.Unlock()
 	return kp, nil
+}
+
+func (kp *KubeProxy) run() (err error) {
+	kp.proc, err = kp.c.start("kube-proxy "+kp.Node, kp.NS, filepath.Join(kp.c.Dir, kp.Node+".log"), kp.env, kp.Binary, kp.args...)
+	return err
+}
+
+// Restart kills kube-proxy (SIGKILL, as a crash would) and starts it again for the same Node, in the
+// same namespace, with the same flags: a new process that rebuilds its proxiers.
+func (kp *KubeProxy) Restart() error {
+	_ = syscall.Kill(kp.PID(), syscall.SIGKILL)
+	kp.proc.stop()
+	return kp.run()
 }
 
 // PID is the kube-proxy process's id (`ip netns exec` replaces itself with kube-proxy).

@@ -1,0 +1,454 @@
+// Package agent keeps every kube-proxy of a node at the minimum sync period a policy chooses, by
+// itself: it finds the node's kube-proxy processes, locates their sync runners once, reads their
+// periods each round (a few hundred bytes, no scan), decides with the configured policy (or the
+// Node's kptune.io/min-sync-period annotation), writes only when the period differs, and starts
+// over when kube-proxy restarts. It serves its own Prometheus metrics, /healthz and /readyz, records
+// an Event on its Node for every change, and reloads its configuration file when it changes.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+
+	"kptune/internal/gobin"
+	"kptune/internal/inspect"
+	"kptune/internal/kpmetrics"
+	"kptune/internal/locate"
+	"kptune/internal/patch"
+	"kptune/internal/policy"
+	"kptune/internal/procfs"
+	"kptune/internal/state"
+	"kptune/internal/tune"
+)
+
+// Options configure an agent.
+type Options struct {
+	ConfigPath  string        // the configuration file, reloaded when it changes ("": Config)
+	Config      Config        // the configuration without a file
+	Interval    time.Duration // how often to look over the node's kube-proxies
+	Listen      string        // metrics, /healthz and /readyz ("": none)
+	Kubeconfig  string        // "": in-cluster, or no API server outside a cluster
+	NodeName    string        // this node; only kube-proxies serving it are managed
+	StateDir    string
+	ResetOnExit bool // restore every kube-proxy the agent changed when it stops
+	Log         *slog.Logger
+	// Ready, if set, receives the listener's address once the agent serves.
+	Ready chan<- string
+}
+
+// retryAfter is how long a refused or failed write waits before the same value is tried again.
+const retryAfter = time.Minute
+
+// Agent is a running node agent.
+type Agent struct {
+	o      Options
+	log    *slog.Logger
+	m      *metrics
+	kube   *kube
+	cfg    Config
+	cfgRaw []byte
+	pol    policy.Policy
+
+	procs map[key]*managed
+	other map[key]bool // processes known not to be a kube-proxy of this node
+	ready atomic.Bool
+	last  atomic.Int64
+}
+
+type key struct {
+	pid   int
+	start uint64
+}
+
+// managed is one kube-proxy.
+type managed struct {
+	proc       procfs.Process
+	bin        *gobin.Binary
+	target     locate.Target
+	runners    []locate.Found
+	located    bool
+	syncPeriod time.Duration
+	changed    bool // the agent wrote to it
+
+	desired   time.Duration
+	source    string
+	decided   time.Time
+	window    *sample
+	refused   time.Duration
+	retryAt   time.Time
+	badNotice string // the last override value warned about
+}
+
+// New checks the options and loads the configuration.
+func New(o Options) (*Agent, error) {
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	a := &Agent{o: o, log: o.Log, m: newMetrics(), cfg: o.Config, procs: map[key]*managed{}, other: map[key]bool{}}
+	if o.ConfigPath != "" {
+		cfg, raw, err := LoadConfig(o.ConfigPath)
+		if err != nil {
+			return nil, err
+		}
+		a.cfg, a.cfgRaw = cfg, raw
+	}
+	pol, err := a.cfg.Build()
+	if err != nil {
+		return nil, err
+	}
+	a.pol = pol
+	return a, nil
+}
+
+// Run serves and reconciles until ctx ends, then (with ResetOnExit) restores what it changed.
+func (a *Agent) Run(ctx context.Context) error {
+	if cfg, err := restConfig(a.o.Kubeconfig); err != nil {
+		return fmt.Errorf("API server configuration: %w", err)
+	} else if cfg != nil {
+		if a.o.NodeName == "" {
+			return errors.New("with an API server the agent needs its node's name: --node-name or NODE_NAME (the downward API's spec.nodeName)")
+		}
+		if a.kube, err = newKube(ctx, cfg, a.o.NodeName, a.log); err != nil {
+			return err
+		}
+		defer a.kube.close()
+	} else {
+		a.log.Info("no API server: no node override, no Events")
+	}
+	if a.o.Listen != "" {
+		srv, err := a.serve()
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	a.log.Info("agent started", "policy", a.pol.Name(), "node", a.o.NodeName, "interval", a.o.Interval)
+	tick := time.NewTicker(a.o.Interval)
+	defer tick.Stop()
+	for {
+		a.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			a.shutdown()
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) serve() (*http.Server, error) {
+	ln, err := net.Listen("tcp", a.o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a.o.Listen, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		last := time.Unix(0, a.last.Load())
+		if age := time.Since(last); age > 3*a.o.Interval+10*time.Second {
+			http.Error(w, fmt.Sprintf("last reconcile %v ago", age.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	a.log.Info("serving metrics, /healthz and /readyz", "address", ln.Addr().String())
+	if a.o.Ready != nil {
+		a.o.Ready <- ln.Addr().String()
+	}
+	return srv, nil
+}
+
+// reconcile is one round: configuration, discovery, and each kube-proxy.
+func (a *Agent) reconcile(ctx context.Context) {
+	a.reload()
+	a.discover()
+	for _, mp := range a.procs {
+		if ctx.Err() != nil {
+			return
+		}
+		a.tend(ctx, mp)
+	}
+	a.m.kubeProxies.Set(float64(len(a.procs)))
+	now := time.Now()
+	a.last.Store(now.UnixNano())
+	a.m.lastLoop.Set(float64(now.Unix()))
+	a.ready.Store(true)
+}
+
+// reload rereads the configuration file; a bad one is reported and the last good one kept.
+func (a *Agent) reload() {
+	if a.o.ConfigPath == "" {
+		return
+	}
+	raw, err := os.ReadFile(a.o.ConfigPath)
+	if err == nil && bytes.Equal(raw, a.cfgRaw) {
+		return
+	}
+	var cfg Config
+	var pol policy.Policy
+	if err == nil {
+		if cfg, err = ParseConfig(raw); err == nil {
+			pol, err = cfg.Build()
+		}
+	}
+	if err != nil {
+		if !bytes.Equal(raw, a.cfgRaw) {
+			a.m.reloads.WithLabelValues("error").Inc()
+			a.log.Warn("configuration not reloaded, keeping the last good one", "error", err)
+			a.cfgRaw = raw
+		}
+		return
+	}
+	a.cfg, a.cfgRaw, a.pol = cfg, raw, pol
+	a.m.reloads.WithLabelValues("ok").Inc()
+	a.log.Info("configuration reloaded", "policy", pol.Name())
+	for _, mp := range a.procs {
+		mp.decided, mp.window, mp.refused = time.Time{}, nil, 0
+	}
+}
+
+// discover finds the node's kube-proxy processes; each process is examined once.
+func (a *Agent) discover() {
+	procs, err := procfs.List()
+	if err != nil {
+		a.log.Warn("list processes", "error", err)
+		return
+	}
+	self := os.Getpid()
+	seen := map[key]bool{}
+	for _, p := range procs {
+		k := key{p.PID, p.StartTime}
+		seen[k] = true
+		if p.PID == self || len(p.Cmdline) == 0 || a.other[k] || a.procs[k] != nil {
+			continue
+		}
+		_, bin, err := inspect.Open(p.PID)
+		if err != nil || !a.serves(p) {
+			if bin != nil {
+				bin.Close()
+			}
+			a.other[k] = true
+			continue
+		}
+		a.procs[k] = &managed{proc: p, bin: bin}
+		a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
+	}
+	for k, mp := range a.procs {
+		if !seen[k] {
+			a.log.Info("kube-proxy gone", "pid", k.pid)
+			a.m.forget(strconv.Itoa(k.pid))
+			mp.bin.Close()
+			delete(a.procs, k)
+		}
+	}
+	for k := range a.other {
+		if !seen[k] {
+			delete(a.other, k)
+		}
+	}
+}
+
+// serves reports whether a kube-proxy serves this node: its --hostname-override, where it has one,
+// names it.
+func (a *Agent) serves(p procfs.Process) bool {
+	if a.o.NodeName == "" {
+		return true
+	}
+	v, ok := kpmetrics.FlagValue(p.Cmdline, "--hostname-override")
+	return !ok || v == a.o.NodeName
+}
+
+// tend locates, reads, decides and writes for one kube-proxy.
+func (a *Agent) tend(ctx context.Context, mp *managed) {
+	pid := strconv.Itoa(mp.proc.PID)
+	now := time.Now()
+	if !mp.located {
+		start := time.Now()
+		t, found, _, err := inspect.LocateBy(ctx, mp.proc.PID, mp.bin, inspect.LocateOptions{Locator: inspect.ByScan})
+		if err != nil {
+			// A kube-proxy builds its proxiers once it reaches the API server: try again next round.
+			a.log.Debug("runners not found yet", "pid", mp.proc.PID, "error", err)
+			return
+		}
+		a.m.locate.Observe(time.Since(start).Seconds())
+		mp.target, mp.runners, mp.located = t, found, true
+		mp.syncPeriod = 30 * time.Second
+		if periods, err := inspect.Periods(ctx, mp.proc); err == nil && periods.Sync > 0 {
+			mp.syncPeriod = periods.Sync
+		}
+		a.log.Info("runners located", "pid", mp.proc.PID, "runners", len(found), "minSyncPeriod", found[0].MinInterval, "syncPeriod", mp.syncPeriod)
+	}
+	for i, r := range mp.runners {
+		f, ok := locate.Validate(mp.target, r.Address)
+		if !ok {
+			mp.located = false // changed under us: locate again next round
+			return
+		}
+		mp.runners[i] = f
+		a.m.period.WithLabelValues(pid, fmt.Sprintf("%#x", f.Address)).Set(f.MinInterval.Seconds())
+		if !f.Patchable {
+			return // the reason was reported by locate; nothing to write
+		}
+	}
+	current := mp.runners[0].MinInterval
+	desired, source := a.desired(ctx, mp, current, now)
+	if desired <= 0 {
+		return
+	}
+	a.m.desired.DeletePartialMatch(prometheus.Labels{"pid": pid})
+	a.m.desired.WithLabelValues(pid, source).Set(desired.Seconds())
+	differs := false
+	for _, r := range mp.runners {
+		differs = differs || r.MinInterval != desired
+	}
+	if !differs || (desired == mp.refused && now.Before(mp.retryAt)) {
+		return
+	}
+	a.write(mp, current, desired, source)
+}
+
+// desired is the period the node's override or the policy asks for (0: no decision yet).
+func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration, now time.Time) (time.Duration, string) {
+	if v, ok := a.kube.override(); ok {
+		d, err := time.ParseDuration(v)
+		if err == nil && d > 0 {
+			return d, "node annotation"
+		}
+		if mp.badNotice != v {
+			mp.badNotice = v
+			a.log.Warn("ignoring the node's override", "annotation", Annotation, "value", v)
+			a.kube.event(corev1.EventTypeWarning, "InvalidOverride", "%s=%q is not a positive duration: ignored", Annotation, v)
+		}
+	}
+	if s, ok := a.pol.(policy.Static); ok {
+		return s.Period, "static"
+	}
+	if mp.source != "adaptive" {
+		mp.desired, mp.decided, mp.window = 0, time.Time{}, nil
+	}
+	mp.source = "adaptive"
+	if mp.window == nil {
+		if s, err := takeSample(ctx, mp.proc); err == nil {
+			mp.window, mp.decided = &s, now
+		}
+		return mp.desired, "adaptive"
+	}
+	if now.Sub(mp.decided) < a.cfg.DecideEvery.Duration {
+		return mp.desired, "adaptive"
+	}
+	s, err := takeSample(ctx, mp.proc)
+	if err != nil {
+		a.log.Warn("read kube-proxy's metrics", "pid", mp.proc.PID, "error", err)
+		return mp.desired, "adaptive"
+	}
+	in := s.inputs(*mp.window, mp.syncPeriod)
+	d := a.pol.Decide(current, in)
+	pid := strconv.Itoa(mp.proc.PID)
+	a.m.cpu.WithLabelValues(pid).Set(in.CPUSeconds / in.Window.Seconds())
+	a.m.changes.WithLabelValues(pid).Set(in.Changes / in.Window.Seconds())
+	if in.Syncs > 0 {
+		a.m.syncCost.WithLabelValues(pid).Set(in.CPUSeconds / in.Syncs)
+	}
+	a.log.Info("decision", "pid", mp.proc.PID, "policy", a.pol.Name(), "current", current, "next", d.Period, "reason", d.Reason)
+	mp.window, mp.decided, mp.desired = &s, now, d.Period
+	return d.Period, "adaptive"
+}
+
+func (a *Agent) write(mp *managed, current, desired time.Duration, source string) {
+	res, err := tune.Set(tune.Options{PID: mp.proc.PID, Change: patch.Change{MinInterval: &desired},
+		Store: state.Store{Dir: a.o.StateDir}, Log: a.log, Locate: inspect.LocateOptions{Locator: inspect.ByScan}})
+	if err != nil {
+		mp.refused, mp.retryAt = desired, time.Now().Add(retryAfter)
+		a.m.refusals.WithLabelValues("set").Inc()
+		a.log.Warn("period not set", "pid", mp.proc.PID, "from", current, "to", desired, "source", source, "error", err)
+		a.kube.event(corev1.EventTypeWarning, "MinSyncPeriodRefused", "kube-proxy pid %d: %v → %v (%s) not written: %v", mp.proc.PID, current, desired, source, err)
+		return
+	}
+	mp.changed, mp.refused = true, 0
+	a.m.writes.WithLabelValues("set").Inc()
+	for _, p := range res.Processes {
+		if p.StoppedNS > 0 {
+			a.m.stop.Observe(float64(p.StoppedNS) / 1e9)
+		}
+	}
+	for i := range mp.runners {
+		mp.runners[i].MinInterval = desired
+	}
+	a.kube.event(corev1.EventTypeNormal, "MinSyncPeriodSet", "kube-proxy pid %d: minimum sync period %v → %v (%s)", mp.proc.PID, current, desired, source)
+}
+
+// shutdown restores the kube-proxies the agent changed, when asked to.
+func (a *Agent) shutdown() {
+	for _, mp := range a.procs {
+		if a.o.ResetOnExit && mp.changed {
+			if _, err := tune.Reset(tune.Options{PID: mp.proc.PID, Store: state.Store{Dir: a.o.StateDir}, Log: a.log,
+				Locate: inspect.LocateOptions{Locator: inspect.ByScan}}); err != nil {
+				a.m.refusals.WithLabelValues("reset").Inc()
+				a.log.Warn("reset on exit", "pid", mp.proc.PID, "error", err)
+			} else {
+				a.m.writes.WithLabelValues("reset").Inc()
+				a.kube.event(corev1.EventTypeNormal, "MinSyncPeriodReset", "kube-proxy pid %d: restored the minimum sync period it started with (agent stopping)", mp.proc.PID)
+			}
+		}
+		mp.bin.Close()
+	}
+	a.log.Info("agent stopped")
+}
+
+// sample is one reading of kube-proxy's counters and CPU.
+type sample struct {
+	at      time.Time
+	syncs   uint64
+	syncSum float64
+	changes float64
+	cpu     time.Duration
+}
+
+func takeSample(ctx context.Context, p procfs.Process) (sample, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	snap, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx)
+	if err != nil {
+		return sample{}, err
+	}
+	cpu, err := procfs.CPU(p.PID)
+	if err != nil {
+		return sample{}, err
+	}
+	n, sum := snap.Histogram(kpmetrics.SyncDuration)
+	return sample{at: snap.Time, syncs: n, syncSum: sum, cpu: cpu,
+		changes: snap.Value(kpmetrics.EndpointChanges) + snap.Value(kpmetrics.ServiceChanges)}, nil
+}
+
+// inputs are the policy's inputs over the window from prev to s.
+func (s sample) inputs(prev sample, syncPeriod time.Duration) policy.Inputs {
+	return policy.Inputs{
+		Window: s.at.Sub(prev.at), Syncs: float64(s.syncs - prev.syncs), SyncSeconds: s.syncSum - prev.syncSum,
+		CPUSeconds: (s.cpu - prev.cpu).Seconds(), Changes: s.changes - prev.changes, SyncPeriod: syncPeriod,
+	}
+}

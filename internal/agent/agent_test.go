@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"kptune/internal/inspect"
+	"kptune/internal/netns"
+	"kptune/test/testbed"
+)
+
+func TestConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("policy: adaptive\nbudget: 0.3\nfloor: 2s\nceiling: 20s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PolicyName != "adaptive" || c.Budget != 0.3 || c.Floor.Duration != 2*time.Second || c.MaxStep != 2 {
+		t.Errorf("parsed %+v", c)
+	}
+	if c, err := ParseConfig(nil); err != nil || c.PolicyName != "static" || c.MinSyncPeriod.Duration != time.Second {
+		t.Errorf("an empty file: %+v, %v", c, err)
+	}
+	for _, bad := range []string{
+		"policy: fastest\n",
+		"policy: static\nminSyncPeriod: 0s\n",
+		"policy: adaptive\nfloor: 10s\nceiling: 5s\n",
+		"policy: static\nminSyncPeriod: soon\n",
+		"policy: static\nminSyncPeriodd: 2s\n", // a typo is an error, not a default
+		"policy: adaptive\ndecideEvery: 10ms\n",
+	} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestAgentOnTestBed runs the agent as a process with a kubeconfig against a real kube-proxy fed by
+// the real API server: it sets the configured period within 10 s of its start, sets it again within
+// 10 s after kube-proxy is killed and restarted, follows the node's annotation and a change of its
+// configuration file, records Events on the Node, serves its metrics and probes, and restores the
+// original period on SIGTERM with --reset-on-exit.
+func TestAgentOnTestBed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, and the agent writes kube-proxy's memory")
+	}
+	ctx := context.Background()
+	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Down() })
+	if err := c.Load(ctx, 20, 3); err != nil {
+		t.Fatal(err)
+	}
+	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another node's kube-proxy on the same machine: not the agent's to change.
+	other, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.37.2"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []*testbed.KubeProxy{kp, other} {
+		if err := k.WaitSynced(ctx, 1, 90*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	dir := t.TempDir()
+	kptune := filepath.Join(dir, "kptune")
+	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
+	build.Dir = testbed.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kptune: %v: %s", err, out)
+	}
+	config := filepath.Join(dir, "config.yaml")
+	writeConfig := func(s string) {
+		// As the kubelet updates a mounted ConfigMap: a new file renamed over the old.
+		tmp := config + ".new"
+		if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, config); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeConfig("policy: static\nminSyncPeriod: 3s\n")
+	const listen = "127.0.0.1:19842"
+	started := time.Now()
+	ag, err := c.StartInControlPlane("kptune-agent", kptune, "agent", "--config", config, "--kubeconfig", c.AdminKubeconfig(),
+		"--node-name", kp.Node, "--listen", listen, "--interval", "1s", "--state-dir", filepath.Join(dir, "state"), "--reset-on-exit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Stop()
+	defer func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(ag.Log())
+			t.Logf("agent log:\n%s", log)
+		}
+	}()
+
+	period := func(k *testbed.KubeProxy) time.Duration {
+		p, err := inspect.PID(ctx, k.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		if err != nil {
+			return -1
+		}
+		return p.Found()[0].MinInterval
+	}
+	waitPeriod := func(what string, want time.Duration, since time.Time) {
+		t.Helper()
+		for time.Since(since) < 10*time.Second {
+			if period(kp) == want {
+				t.Logf("%s: %v after %v", what, want, time.Since(since).Round(10*time.Millisecond))
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("%s: kube-proxy holds %v 10 s later, want %v", what, period(kp), want)
+	}
+
+	waitPeriod("agent start", 3*time.Second, started)
+
+	restarted := time.Now()
+	if err := kp.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitPeriod("kube-proxy killed and restarted", 3*time.Second, restarted)
+
+	annotate := func(v *string) {
+		t.Helper()
+		val := "null"
+		if v != nil {
+			val = fmt.Sprintf("%q", *v)
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%s}}}`, Annotation, val)
+		if _, err := c.Client.CoreV1().Nodes().Patch(ctx, kp.Node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seven := "7s"
+	overridden := time.Now()
+	annotate(&seven)
+	waitPeriod("node annotation 7s", 7*time.Second, overridden)
+	cleared := time.Now()
+	annotate(nil)
+	waitPeriod("annotation removed", 3*time.Second, cleared)
+
+	reloaded := time.Now()
+	writeConfig("policy: static\nminSyncPeriod: 5s\n")
+	waitPeriod("configuration changed to 5s", 5*time.Second, reloaded)
+	writeConfig("policy: nonsense\n")
+	time.Sleep(2500 * time.Millisecond)
+	if p := period(kp); p != 5*time.Second {
+		t.Errorf("after a bad configuration, kube-proxy holds %v, want the last good 5s", p)
+	}
+	if p := period(other); p != time.Second {
+		t.Errorf("another node's kube-proxy holds %v, want its own 1s", p)
+	}
+
+	// The agent's own endpoints, in the namespace it runs in.
+	client := &http.Client{Transport: &http.Transport{DialContext: netns.ForName(c.NS).DialContext}, Timeout: 5 * time.Second}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://" + listen + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := get(path); code != http.StatusOK {
+			t.Errorf("%s: %d %s", path, code, body)
+		}
+	}
+	_, metrics := get("/metrics")
+	for _, want := range []string{`kptune_writes_total{action="set"} 5`, `kptune_kube_proxies 1`, `kptune_config_reloads_total{result="error"} 1`,
+		`kptune_config_reloads_total{result="ok"} 1`, `kptune_desired_min_sync_period_seconds{pid=`, "kptune_stop_duration_seconds_count 5"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	events, err := c.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + kp.Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := 0
+	for _, e := range events.Items {
+		if e.Reason == "MinSyncPeriodSet" && e.Source.Component == "kptune" {
+			set += int(max(e.Count, 1))
+		}
+	}
+	if set != 5 {
+		t.Errorf("%d MinSyncPeriodSet events on Node %s, want 5 (start, restart, annotation, its removal, reload)", set, kp.Node)
+	}
+
+	stopped := time.Now()
+	ag.Stop()
+	if p := period(kp); p != time.Second {
+		t.Errorf("after SIGTERM with --reset-on-exit kube-proxy holds %v, want its original 1s (%v)", p, time.Since(stopped))
+	}
+}
