@@ -18,8 +18,8 @@ import (
 
 type agentFlags struct {
 	config, listen, kubeconfig, node, stateDir, policy, logLevel string
-	minSync, interval                                           time.Duration
-	resetOnExit                                                 bool
+	minSync, interval                                            time.Duration
+	resetOnExit                                                  bool
 }
 
 func newAgentCommand() *cobra.Command {

@@ -14,8 +14,8 @@ import (
 	"kptune/internal/freeze"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
-	"kptune/internal/procfs"
 	"kptune/internal/probe"
+	"kptune/internal/procfs"
 	"kptune/test/testbed"
 )
 
