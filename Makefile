@@ -5,12 +5,17 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
 build:
 	$(GO) build -o bin/kptune ./cmd/kptune
+
+# The agent's image: the static binary alone (Dockerfile, FROM scratch).
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/kptune-static ./cmd/kptune
+	docker build -t kptune:latest .
 
 setup:
 	./test/setup.sh
@@ -19,6 +24,7 @@ setup:
 # progress here rather than inside a test's timeout.
 prebuild: setup
 	./test/cluster/build.sh >/dev/null
+	./test/helm/build.sh >/dev/null
 	for v in $(TEST_BUILDS); do ./test/kubeproxy/build.sh $$v >/dev/null; done
 	for f in "" --pie --cgo --debug "--cgo --debug" "--pie --debug"; do \
 		./test/kubeproxy/build.sh v1.33.5 $$f --fixture asyncrunner >/dev/null || exit 1; done

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"regexp"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -52,9 +54,32 @@ func newMetrics() *metrics {
 		lastLoop: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "last_reconcile_timestamp_seconds",
 			Help: "When the agent last went over the node's kube-proxies."}),
 	}
-	m.reg.MustRegister(m.kubeProxies, m.period, m.desired, m.writes, m.refusals, m.locate, m.stop, m.cpu, m.syncCost,
-		m.changes, m.reloads, m.lastLoop, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.own()...)
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func (m *metrics) own() []prometheus.Collector {
+	return []prometheus.Collector{m.kubeProxies, m.period, m.desired, m.writes, m.refusals, m.locate, m.stop, m.cpu,
+		m.syncCost, m.changes, m.reloads, m.lastLoop}
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// MetricNames lists the agent's own metrics (kptune_*), for dashboards and their tests.
+func MetricNames() []string {
+	var names []string
+	for _, c := range newMetrics().own() {
+		ch := make(chan *prometheus.Desc, 4)
+		c.Describe(ch)
+		close(ch)
+		for d := range ch {
+			if m := fqName.FindStringSubmatch(d.String()); m != nil {
+				names = append(names, m[1])
+			}
+		}
+	}
+	return names
 }
 
 // forget drops the series of a process that is gone.
