@@ -6,6 +6,7 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"io"
@@ -218,5 +219,38 @@ func TestDashboard(t *testing.T) {
 	}
 	if len(d.Panels) < 8 || exprs < 12 {
 		t.Errorf("%d panels, %d queries", len(d.Panels), exprs)
+	}
+}
+
+// TestImageBinary: the image is the static binary alone (Dockerfile: FROM scratch). Built as `make
+// image` builds it, it has no ELF interpreter and runs in an empty root, as it will in the image.
+func TestImageBinary(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: chroot")
+	}
+	root := t.TempDir()
+	bin := filepath.Join(root, "kptune")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/kptune")
+	build.Dir, build.Env = testbed.RepoRoot(), append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatal("the image's binary needs a dynamic loader: FROM scratch has none")
+		}
+	}
+	out, err := exec.Command("chroot", root, "/kptune", "version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "kptune ") {
+		t.Fatalf("in an empty root: %v: %s", err, out)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(testbed.RepoRoot(), "Dockerfile"))
+	if err != nil || !bytes.Contains(dockerfile, []byte("FROM scratch")) {
+		t.Errorf("Dockerfile: %v", err)
 	}
 }
