@@ -45,11 +45,13 @@ test-matrix:
 
 # Benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):
 # inspect's wall time and peak RSS; the memory scan against the uprobe locator; a retune by kptune
-# against perf probe + gdb, side by side. Then what an attached uprobe costs per call.
+# against perf probe + gdb, side by side. Then what an attached uprobe costs per call, and the agent's
+# own CPU and memory beside a kube-proxy under churn.
 bench: prebuild
 	./test/setup.sh --bench
 	KPTUNE_BENCH_RECORD=1 $(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-10x} -timeout 90m ./test/bench | tee bench/results/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/probe | tee bench/results/probe.txt
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./internal/agent | tee bench/results/agent.txt
 
 demo: setup
 	$(GO) run ./test/cmd/testbed demo

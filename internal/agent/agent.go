@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -297,6 +298,10 @@ func (a *Agent) tend(ctx context.Context, mp *managed) {
 		}
 		a.m.locate.Observe(time.Since(start).Seconds())
 		mp.target, mp.runners, mp.located = t, found, true
+		// The layout is known: the type descriptors need not stay in memory, and the agent's
+		// footprint returns to its steady state at once rather than when the scavenger gets to it.
+		mp.bin.ReleaseTypes()
+		debug.FreeOSMemory()
 		mp.syncPeriod = 30 * time.Second
 		if periods, err := inspect.Periods(ctx, mp.proc); err == nil && periods.Sync > 0 {
 			mp.syncPeriod = periods.Sync

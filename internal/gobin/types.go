@@ -60,6 +60,10 @@ func (b *Binary) loadTypes() error {
 	return nil
 }
 
+// ReleaseTypes drops the type descriptors read for HasTypeName and StructType (several MiB in a
+// kube-proxy): a long-running reader keeps only what it uses; they are read again if asked for.
+func (b *Binary) ReleaseTypes() { b.types = nil }
+
 // HasTypeName reports whether the binary has a type descriptor string "*"+name, which every named
 // type has whose pointer type exists (any type with pointer methods).
 func (b *Binary) HasTypeName(name string) (bool, error) {

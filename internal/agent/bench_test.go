@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"kptune/internal/procfs"
+	"kptune/test/testbed"
+)
+
+// BenchmarkAgentCost measures the agent's own cost in steady state: the agent (adaptive policy,
+// deciding every 10 s, looking over the node every 2 s, its defaults otherwise) runs as a process
+// beside a real kube-proxy holding 200 Services under 10 changes a second; each iteration is a 10 s
+// window of its CPU (from /proc) and its resident memory. Targets: ≤ 0.5 % of a core, ≤ 40 MiB.
+func BenchmarkAgentCost(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: network namespaces, and the agent reads kube-proxy's memory")
+	}
+	ctx := context.Background()
+	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Down()
+	if err := c.Load(ctx, 200, 5); err != nil {
+		b.Fatal(err)
+	}
+	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.NFTables,
+		MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := kp.WaitSynced(ctx, 1, 2*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: 200, Endpoints: 5})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer churn.Stop()
+	dir := b.TempDir()
+	kptune := filepath.Join(dir, "kptune")
+	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
+	build.Dir = testbed.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build kptune: %v: %s", err, out)
+	}
+	config := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(config, []byte("policy: adaptive\ndecideEvery: 10s\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ag, err := c.StartInControlPlane("kptune-agent-bench", kptune, "agent", "--config", config, "--kubeconfig", c.AdminKubeconfig(),
+		"--node-name", kp.Node, "--state-dir", filepath.Join(dir, "state"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ag.Stop()
+	time.Sleep(15 * time.Second) // started, located, a first decision made
+
+	var cores, rss, hwm float64
+	for b.Loop() {
+		cpu0, err := procfs.CPU(ag.PID())
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		time.Sleep(10 * time.Second)
+		cpu1, err := procfs.CPU(ag.PID())
+		if err != nil {
+			b.Fatal(err)
+		}
+		cores = max(cores, (cpu1 - cpu0).Seconds()/time.Since(start).Seconds())
+		r, h := memory(b, ag.PID())
+		rss, hwm = max(rss, r), max(hwm, h)
+	}
+	if !ag.Running() {
+		b.Fatal("the agent exited")
+	}
+	b.ReportMetric(cores*100, "%-core-max")
+	b.ReportMetric(rss, "RSS-MiB-max")
+	b.ReportMetric(hwm, "peak-RSS-MiB")
+	b.ReportMetric(cores*100/0.5, "x-of-0.5%-target")
+	b.ReportMetric(rss/40, "x-of-40MiB-target")
+}
+
+// memory reads a process's resident and peak resident memory, in MiB.
+func memory(b *testing.B, pid int) (rss, hwm float64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		fields := bytes.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(string(fields[1]), 64)
+		switch string(fields[0]) {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
