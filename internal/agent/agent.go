@@ -88,6 +88,7 @@ type managed struct {
 	source    string
 	decided   time.Time
 	window    *sample
+	seen      map[time.Duration]spent // what each period cost lately
 	refused   time.Duration
 	retryAt   time.Time
 	badNotice string // the last override value warned about
@@ -229,7 +230,7 @@ func (a *Agent) reload() {
 	a.m.reloads.WithLabelValues("ok").Inc()
 	a.log.Info("configuration reloaded", "policy", pol.Name())
 	for _, mp := range a.procs {
-		mp.decided, mp.window, mp.refused = time.Time{}, nil, 0
+		mp.decided, mp.window, mp.refused, mp.seen = time.Time{}, nil, 0, nil
 	}
 }
 
@@ -354,7 +355,7 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		return s.Period, "static"
 	}
 	if mp.source != "adaptive" {
-		mp.desired, mp.decided, mp.window = 0, time.Time{}, nil
+		mp.desired, mp.decided, mp.window, mp.seen = 0, time.Time{}, nil, nil
 	}
 	mp.source = "adaptive"
 	if mp.window == nil {
@@ -363,7 +364,8 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		}
 		return mp.desired, "adaptive"
 	}
-	if now.Sub(mp.decided) < a.cfg.DecideEvery.Duration {
+	// A window of at least three periods: over fewer, syncs (and their CPU) arrive in lumps.
+	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, 3*current) {
 		return mp.desired, "adaptive"
 	}
 	s, err := takeSample(ctx, mp.proc)
@@ -372,7 +374,11 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		return mp.desired, "adaptive"
 	}
 	in := s.inputs(*mp.window, mp.syncPeriod)
+	in.Seen = mp.recall(current, now, 20*a.cfg.DecideEvery.Duration)
 	d := a.pol.Decide(current, in)
+	if in.Syncs >= 1 {
+		mp.remember(current, in, now)
+	}
 	pid := strconv.Itoa(mp.proc.PID)
 	a.m.cpu.WithLabelValues(pid).Set(in.CPUSeconds / in.Window.Seconds())
 	a.m.changes.WithLabelValues(pid).Set(in.Changes / in.Window.Seconds())
@@ -423,6 +429,41 @@ func (a *Agent) shutdown() {
 		mp.bin.Close()
 	}
 	a.log.Info("agent stopped")
+}
+
+// spent is what kube-proxy spent, in cores, at one period.
+type spent struct {
+	cores float64
+	at    time.Time
+}
+
+// remember records what the current period cost over the window (blended with what it cost before).
+func (mp *managed) remember(period time.Duration, in policy.Inputs, now time.Time) {
+	if mp.seen == nil {
+		mp.seen = map[time.Duration]spent{}
+	}
+	used := in.CPUSeconds / in.Window.Seconds()
+	if in.CPUSeconds <= 0 {
+		used = in.SyncSeconds / in.Window.Seconds()
+	}
+	if old, ok := mp.seen[period]; ok {
+		used = (used + old.cores) / 2
+	}
+	mp.seen[period] = spent{cores: used, at: now}
+}
+
+// recall returns what the other periods cost, forgetting what is older than maxAge: churn changes.
+func (mp *managed) recall(current time.Duration, now time.Time, maxAge time.Duration) map[time.Duration]float64 {
+	out := map[time.Duration]float64{}
+	for p, s := range mp.seen {
+		switch {
+		case now.Sub(s.at) > maxAge:
+			delete(mp.seen, p)
+		case p != current:
+			out[p] = s.cores
+		}
+	}
+	return out
 }
 
 // sample is one reading of kube-proxy's counters and CPU.

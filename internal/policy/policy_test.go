@@ -41,6 +41,14 @@ func TestAdaptive(t *testing.T) {
 			Inputs{Window: time.Minute, Syncs: 1, CPUSeconds: 7.5, SyncPeriod: 30 * time.Second}, 30 * time.Second},
 		{"no CPU measured: sync time is the cost", time.Second,
 			Inputs{Window: time.Minute, Syncs: 60, SyncSeconds: 30, SyncPeriod: 30 * time.Second}, 2 * time.Second},
+		{"over budget, a larger period cost more: back to the cheapest seen", 2 * time.Second,
+			withSeen(churn(2*time.Second, 0.44, time.Minute), map[time.Duration]float64{time.Second: 0.06}), time.Second},
+		{"over budget at the cheapest, a larger one cost more: try a smaller one", 4 * time.Second,
+			withSeen(churn(4*time.Second, 1.2, time.Minute), map[time.Duration]float64{8 * time.Second: 0.5}), 2 * time.Second},
+		{"over budget at the floor, a larger period cost more: keep", time.Second,
+			withSeen(churn(time.Second, 0.3, time.Minute), map[time.Duration]float64{2 * time.Second: 0.5}), time.Second},
+		{"under budget, the smaller period was over budget: keep", 4 * time.Second,
+			withSeen(churn(4*time.Second, 0.4, time.Minute), map[time.Duration]float64{2 * time.Second: 0.3}), 4 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := adaptive.Decide(tc.current, tc.in)
@@ -51,6 +59,51 @@ func TestAdaptive(t *testing.T) {
 				t.Error("a decision without its reason")
 			}
 		})
+	}
+}
+
+func withSeen(in Inputs, seen map[time.Duration]float64) Inputs {
+	in.Seen = seen
+	return in
+}
+
+// converge runs the policy against a model of kube-proxy, recording what each period cost as the
+// agent does, and returns the period it settles at and the trail.
+func converge(model func(time.Duration) float64) (time.Duration, []string) {
+	p := time.Second
+	seen := map[time.Duration]float64{}
+	var trail []string
+	for i := 0; i < 16; i++ {
+		in := churn(p, model(p)*p.Seconds(), time.Minute) // cores × period = CPU a sync
+		in.Seen = map[time.Duration]float64{}
+		for q, u := range seen {
+			if q != p {
+				in.Seen[q] = u
+			}
+		}
+		seen[p] = model(p)
+		d := adaptive.Decide(p, in)
+		trail = append(trail, d.Period.String())
+		p = d.Period
+	}
+	return p, trail
+}
+
+// TestAdaptiveWhereALargerPeriodCostsMore: where kube-proxy's CPU grows with the period (a sync's
+// cost growing faster than its batch), the policy tries a larger period once, sees it cost more,
+// and settles at the cheapest: the floor. Where it falls as 1/period, it settles where it fits.
+func TestAdaptiveWhereALargerPeriodCostsMore(t *testing.T) {
+	growing := func(p time.Duration) float64 { return 0.06 * p.Seconds() } // 0.06 cores at 1s, 0.12 at 2s …
+	p, trail := converge(growing)
+	if p != adaptive.Floor {
+		t.Errorf("settled at %v, want the floor %v: %s", p, adaptive.Floor, strings.Join(trail, " "))
+	}
+	if tries := strings.Count(strings.Join(trail, " "), "2s"); tries > 2 {
+		t.Errorf("tried 2s %d times: %s", tries, strings.Join(trail, " "))
+	}
+	falling := func(p time.Duration) float64 { return 0.9 / p.Seconds() }
+	if p, trail := converge(falling); p != 4500*time.Millisecond {
+		t.Errorf("with CPU falling as 1/period, settled at %v, want 4.5s: %s", p, strings.Join(trail, " "))
 	}
 }
 
