@@ -76,7 +76,7 @@ func BenchmarkAgentCost(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		cores = max(cores, (cpu1 - cpu0).Seconds()/time.Since(start).Seconds())
+		cores = max(cores, (cpu1-cpu0).Seconds()/time.Since(start).Seconds())
 		r, h := memory(b, ag.PID())
 		rss, hwm = max(rss, r), max(hwm, h)
 	}

@@ -19,12 +19,12 @@ import (
 
 // Inputs are what a decision is made from, measured over the window since the previous decision.
 type Inputs struct {
-	Window       time.Duration // the measured window
-	Syncs        float64       // rule syncs run in the window
-	SyncSeconds  float64       // time spent syncing in the window (kube-proxy's histogram sum)
-	CPUSeconds   float64       // CPU used by kube-proxy and its children in the window
-	Changes      float64       // Service and endpoint changes kube-proxy received in the window
-	SyncPeriod   time.Duration // kube-proxy's syncPeriod: the /healthz limit is twice it
+	Window      time.Duration // the measured window
+	Syncs       float64       // rule syncs run in the window
+	SyncSeconds float64       // time spent syncing in the window (kube-proxy's histogram sum)
+	CPUSeconds  float64       // CPU used by kube-proxy and its children in the window
+	Changes     float64       // Service and endpoint changes kube-proxy received in the window
+	SyncPeriod  time.Duration // kube-proxy's syncPeriod: the /healthz limit is twice it
 	// Seen is what kube-proxy spent (cores) at the other periods it held lately: the response of
 	// its cost to the period, which the adaptive policy does not assume.
 	Seen map[time.Duration]float64
