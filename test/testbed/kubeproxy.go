@@ -95,7 +95,9 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 		return nil, fmt.Errorf("a test bed holds at most 250 kube-proxies")
 	}
 	kp := &KubeProxy{
-		Node:    fmt.Sprintf("node-%d", n),
+		// Named after the test bed, so that test beds running side by side (and agents told their
+		// node) never mistake one another's kube-proxies.
+		Node:    fmt.Sprintf("%s-node-%d", c.ID, n),
 		NS:      fmt.Sprintf("%s-kp%d", c.ID, n),
 		IP:      fmt.Sprintf("10.251.%d.2", n),
 		Binary:  bin,
