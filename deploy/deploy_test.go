@@ -146,9 +146,9 @@ func TestManifests(t *testing.T) {
 			}
 		}
 	}
-	kptune := filepath.Join(t.TempDir(), "kptune")
-	if out, err := exec.Command("go", "build", "-o", kptune, filepath.Join(testbed.RepoRoot(), "cmd/kptune")).CombinedOutput(); err != nil {
-		t.Fatalf("build kptune: %v: %s", err, out)
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
 	}
 	help, err := exec.Command(kptune, "agent", "--help").Output()
 	if err != nil {

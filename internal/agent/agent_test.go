@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,11 +80,9 @@ func TestAgentOnTestBed(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	kptune := filepath.Join(dir, "kptune")
-	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
-	build.Dir = testbed.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build kptune: %v: %s", err, out)
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
 	}
 	config := filepath.Join(dir, "config.yaml")
 	writeConfig := func(s string) {
@@ -267,11 +264,9 @@ func TestAdaptiveOnTestBed(t *testing.T) {
 	t.Logf("kube-proxy at 1s under 20 changes/s: %.3f cores; budget %.3f", before, budget)
 
 	dir := t.TempDir()
-	kptune := filepath.Join(dir, "kptune")
-	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
-	build.Dir = testbed.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build kptune: %v: %s", err, out)
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
 	}
 	config := filepath.Join(dir, "config.yaml")
 	cfg := fmt.Sprintf("policy: adaptive\nbudget: %.4f\nfloor: 1s\nceiling: 20s\ndecideEvery: 5s\nmaxStep: 2\n", budget)

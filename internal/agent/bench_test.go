@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -46,11 +45,9 @@ func BenchmarkAgentCost(b *testing.B) {
 	}
 	defer churn.Stop()
 	dir := b.TempDir()
-	kptune := filepath.Join(dir, "kptune")
-	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
-	build.Dir = testbed.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build kptune: %v: %s", err, out)
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		b.Fatal(err)
 	}
 	config := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(config, []byte("policy: adaptive\ndecideEvery: 10s\n"), 0o644); err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -214,11 +213,9 @@ func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found,
 // the kernel has closed kptune's descriptors, and kube-proxy runs on, neither stopped nor traced.
 func killedWhileProbing(t *testing.T, kp *testbed.KubeProxy) {
 	t.Helper()
-	kptune := filepath.Join(t.TempDir(), "kptune")
-	build := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
-	build.Dir = testbed.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build kptune: %v: %s", err, out)
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
 	}
 	_, b, err := Open(kp.PID())
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -203,11 +202,9 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 
 	t.Run("kptune killed inside the stop", func(t *testing.T) {
 		kp := pairs[1].a
-		bin := filepath.Join(t.TempDir(), "kptune")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/kptune")
-		build.Dir = testbed.RepoRoot()
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build kptune: %v: %s", err, out)
+		bin, err := testbed.Kptune()
+		if err != nil {
+			t.Fatal(err)
 		}
 		for i, period := range []string{"3s", "4s", "5s"} {
 			cmd := exec.Command(bin, "set", "--pid", strconv.Itoa(kp.PID()), "--min-sync-period", period, "--hold-stop", "30s", "--state-dir", store.Dir)

@@ -82,15 +82,9 @@ func get(b *testing.B) *bed {
 
 func newBed() (*bed, error) {
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "kptune-bench-")
+	kptune, err := testbed.Kptune()
 	if err != nil {
 		return nil, err
-	}
-	kptune := filepath.Join(dir, "kptune")
-	cmd := exec.Command("go", "build", "-o", kptune, "./cmd/kptune")
-	cmd.Dir = testbed.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build kptune: %v: %s", err, out)
 	}
 	c, err := testbed.Up(ctx, testbed.ClusterOptions{Progress: os.Stderr})
 	if err != nil {

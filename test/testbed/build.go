@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 )
 
 // RepoRoot returns the root of the kptune checkout this package was compiled from.
@@ -119,4 +120,32 @@ type prefixWriter struct {
 func (p *prefixWriter) Write(b []byte) (int, error) {
 	p.buf.Write(b)
 	return p.w.Write(b)
+}
+
+var kptune struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Kptune builds the kptune command once per process, into a temporary directory that anyone may
+// read (tests run it as other users too), and returns its path.
+func Kptune() (string, error) {
+	kptune.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kptune-bin-")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			kptune.err = err
+			return
+		}
+		kptune.path = filepath.Join(dir, "kptune")
+		cmd := exec.Command("go", "build", "-o", kptune.path, "./cmd/kptune")
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			kptune.err = fmt.Errorf("build kptune: %v: %s", err, out)
+		}
+	})
+	return kptune.path, kptune.err
 }

@@ -153,7 +153,7 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println("== kptune demo: retune a real kube-proxy, fed by a real API server, under churn, without a restart")
-	kptune, err := buildKptune(ctx)
+	kptune, err := testbed.Kptune()
 	if err != nil {
 		return err
 	}
@@ -252,21 +252,6 @@ func demo(ctx context.Context, args []string) error {
 	fmt.Printf("\nsyncs/min %.1f → %.1f (÷%.1f) → %.1f after reset; kube-proxy never restarted (pid %d); %d changes applied, all %d Services in its rules\n",
 		before, during, before/max(during, 0.01), after, kp.PID(), changes, k.services)
 	return nil
-}
-
-// buildKptune builds the kptune command into a temporary directory.
-func buildKptune(ctx context.Context) (string, error) {
-	dir, err := os.MkdirTemp("", "kptune-demo-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "kptune")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/kptune")
-	cmd.Dir = testbed.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build kptune: %v: %s", err, out)
-	}
-	return bin, nil
 }
 
 // show runs a kptune command, printing it and its output.
