@@ -5,7 +5,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image fuzz setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -33,6 +33,10 @@ prebuild: setup
 test: prebuild
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+# Every fuzz target for FUZZTIME each (default 60s); the results go to bench/results/fuzz.txt.
+fuzz: prebuild
+	FUZZTIME=$${FUZZTIME:-60s} ./test/fuzz.sh | tee bench/results/fuzz.txt
 
 # Only what needs neither root nor a kube-proxy build.
 test-unit:

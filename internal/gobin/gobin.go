@@ -214,15 +214,40 @@ func (b *Binary) ReadAt(p []byte, addr uint64) error {
 	return fmt.Errorf("address %#x (%d bytes) is not in the executable's image", addr, len(p))
 }
 
+// inFile reports whether n bytes at addr lie in the file-backed part of one loaded segment.
+func (b *Binary) inFile(addr, n uint64) bool {
+	for _, prog := range b.ELF.Progs {
+		if prog.Type == elf.PT_LOAD && addr >= prog.Vaddr && n <= prog.Filesz && addr-prog.Vaddr <= prog.Filesz-n {
+			return true
+		}
+	}
+	return false
+}
+
 // FileOffset converts the address of code (in the file's image) to its offset in the file, which is
 // what the kernel's uprobes are placed by.
 func (b *Binary) FileOffset(addr uint64) (uint64, error) {
-	for _, prog := range b.ELF.Progs {
-		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && addr >= prog.Vaddr && addr < prog.Vaddr+prog.Filesz {
-			return addr - prog.Vaddr + prog.Off, nil
-		}
+	if off, ok := b.fileOffset(addr, elf.PF_X); ok {
+		return off, nil
 	}
 	return 0, fmt.Errorf("address %#x is not in an executable segment of the file", addr)
+}
+
+// FileOffsetData converts the address of file-backed data (in the file's image) to its file offset.
+func (b *Binary) FileOffsetData(addr uint64) (uint64, error) {
+	if off, ok := b.fileOffset(addr, 0); ok {
+		return off, nil
+	}
+	return 0, fmt.Errorf("address %#x is not file-backed", addr)
+}
+
+func (b *Binary) fileOffset(addr uint64, flags elf.ProgFlag) (uint64, bool) {
+	for _, prog := range b.ELF.Progs {
+		if prog.Type == elf.PT_LOAD && prog.Flags&flags == flags && addr >= prog.Vaddr && addr < prog.Vaddr+prog.Filesz {
+			return addr - prog.Vaddr + prog.Off, true
+		}
+	}
+	return 0, false
 }
 
 // Uint reads a pointer-sized word at addr.
@@ -278,6 +303,9 @@ func (b *Binary) StringVars(minLen, maxLen int, match func(string) bool) []strin
 	for _, name := range []string{".data", ".noptrdata", ".data.rel.ro"} {
 		s := b.ELF.Section(name)
 		if s == nil || s.Type == elf.SHT_NOBITS || s.Size > 64<<20 {
+			continue
+		}
+		if !b.inFile(s.Addr, s.Size) {
 			continue
 		}
 		data := make([]byte, s.Size)

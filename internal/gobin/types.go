@@ -52,6 +52,10 @@ func (b *Binary) loadTypes() error {
 	if b.types != nil {
 		return nil
 	}
+	// Allocate only what the file's image holds: a corrupt moduledata must not ask for terabytes.
+	if b.ETypes < b.Types || !b.inFile(b.Types, b.ETypes-b.Types) {
+		return fmt.Errorf("read type descriptors: [%#x, %#x) is not in the file's image", b.Types, b.ETypes)
+	}
 	types := make([]byte, b.ETypes-b.Types)
 	if err := b.ReadAt(types, b.Types); err != nil {
 		return fmt.Errorf("read type descriptors: %w", err)
@@ -181,6 +185,9 @@ func (b *Binary) readStruct(addr uint64) (Struct, error) {
 		typ, tsize, err := b.typeString(typAddr)
 		if err != nil {
 			return Struct{}, fmt.Errorf("struct at %#x: field %s: %w", addr, name, err)
+		}
+		if off > size || tsize > size-off {
+			return Struct{}, fmt.Errorf("struct at %#x: field %s at %d (%d bytes) overruns its %d bytes", addr, name, off, tsize, size)
 		}
 		s.Fields = append(s.Fields, Field{Name: name, Type: typ, Offset: off, Size: tsize, Embedded: embedded})
 	}

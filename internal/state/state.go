@@ -66,7 +66,32 @@ func (s Store) Load(pid int, start uint64, buildID string) (*Record, error) {
 	if r.BuildID != buildID {
 		return nil, fmt.Errorf("state record %s belongs to another build of pid %d: remove it", s.recordPath(pid, start), pid)
 	}
+	if err := r.check(); err != nil {
+		return nil, fmt.Errorf("state record %s is corrupt (%v): remove it (the original values it held are lost; restart kube-proxy to get them back)", s.recordPath(pid, start), err)
+	}
 	return &r, nil
+}
+
+// check refuses values no kube-proxy starts with: a record is written back by reset, so it is
+// input like any other.
+func (r *Record) check() error {
+	if len(r.Runners) == 0 {
+		return errors.New("no runners")
+	}
+	for addr, o := range r.Runners {
+		if _, err := strconv.ParseUint(strings.TrimPrefix(addr, "0x"), 16, 64); err != nil || !strings.HasPrefix(addr, "0x") {
+			return fmt.Errorf("runner address %q", addr)
+		}
+		for _, d := range []time.Duration{o.MinInterval, o.MaxInterval, o.RetryInterval} {
+			if d < 0 || d > 1000*time.Hour {
+				return fmt.Errorf("runner %s: period %v", addr, d)
+			}
+		}
+		if o.MaxInterval < o.MinInterval || o.Burst < 0 || o.Burst > 1<<20 {
+			return fmt.Errorf("runner %s: min %v, max %v, burst %d", addr, o.MinInterval, o.MaxInterval, o.Burst)
+		}
+	}
+	return nil
 }
 
 // Save writes a record atomically with mode 0600.

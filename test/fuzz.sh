@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of kptune for a while each (FUZZTIME, default 60s) and prints one line a
+# target: its time, its executions and its result. A failing input is kept by Go under the package's
+# testdata/fuzz/ (commit it: it becomes a regression test) and fails the run.
+#
+#   FUZZTIME=10s test/fuzz.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+time=${FUZZTIME:-60s}
+targets=(
+  internal/gobin:FuzzNew          # ELF, build information, pclntab, moduledata, type descriptors
+  internal/locate:FuzzValidate    # the memory scan, the runner validator, the layout from values
+  internal/kpmetrics:FuzzParse    # kube-proxy's metrics page
+  internal/kpmetrics:FuzzConfig   # kube-proxy's /configz
+  internal/state:FuzzLoad         # state records
+  internal/agent:FuzzConfig       # the agent's configuration file
+  internal/probe:FuzzDecode       # pt_regs snapshots
+)
+failed=0
+printf '%-36s %8s %12s %s\n' TARGET TIME EXECS RESULT
+for t in "${targets[@]}"; do
+  pkg=${t%%:*} fn=${t##*:}
+  out=$(go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" 2>&1)
+  rc=$?
+  execs=$(printf '%s\n' "$out" | sed -n 's/.*execs: \([0-9]*\).*/\1/p' | tail -1)
+  result=ok
+  if [ $rc != 0 ]; then
+    result=FAIL failed=1
+    printf '%s\n' "$out" | tail -20 >&2
+  fi
+  printf '%-36s %8s %12s %s\n' "$t" "$time" "${execs:-?}" "$result"
+done
+exit $failed
