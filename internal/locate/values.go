@@ -84,9 +84,14 @@ func LayoutFromValues(t Target, addr uint64, first, second Observation, p Period
 	if p.MinSync <= 0 {
 		return l, errors.New("a minimum sync period of 0 leaves no value to find the fields by")
 	}
-	le := binary.LittleEndian
-	w1 := func(off uint64) uint64 { return le.Uint64(first[off:]) }
-	w2 := func(off uint64) uint64 { return le.Uint64(second[off:]) }
+	word := func(o Observation, off uint64) uint64 {
+		if off+8 > runnerScan {
+			return 0 // beyond what was observed (a two-word field at the end)
+		}
+		return binary.LittleEndian.Uint64(o[off:])
+	}
+	w1 := func(off uint64) uint64 { return word(first, off) }
+	w2 := func(off uint64) uint64 { return word(second, off) }
 	stable := func(off uint64) bool { return w1(off) == w2(off) }
 	next := func(from uint64, ok func(off uint64) bool) (uint64, bool) {
 		for off := from; off+8 <= runnerScan; off += 8 {

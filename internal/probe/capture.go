@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -342,10 +343,53 @@ func funcNames(ps []Point) string {
 	return strings.Join(names, ", ")
 }
 
-// bpfError names the missing privilege when the kernel refuses.
-func bpfError(what string, err error) error {
-	if errors.Is(err, os.ErrPermission) {
-		return fmt.Errorf("%s: %v: the probing locator needs CAP_BPF and CAP_PERFMON (or root)", what, err)
+// Capabilities the probing locator needs, as measured on Linux 6.18: loading the program and its
+// map needs CAP_BPF (CAP_SYS_ADMIN implies it); opening the uprobe perf event needs CAP_SYS_ADMIN
+// itself (the kernel's uprobe PMU checks for it; CAP_PERFMON is not enough); resolving
+// /proc/PID/exe and reading the target's memory need CAP_SYS_PTRACE.
+const (
+	capSysPtrace = 19
+	capSysAdmin  = 21
+	capBPF       = 39
+)
+
+var capNames = map[int]string{capSysPtrace: "CAP_SYS_PTRACE", capSysAdmin: "CAP_SYS_ADMIN", capBPF: "CAP_BPF"}
+
+// effective reads the process's effective capabilities.
+func effective() (uint64, bool) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return caps, err == nil
+		}
+	}
+	return 0, false
+}
+
+// bpfError names the missing capability when the kernel refuses one step of attaching.
+func bpfError(what string, err error) error {
+	if !errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	need := []int{capBPF}
+	if strings.HasPrefix(what, "attach") {
+		need = []int{capSysAdmin}
+	}
+	var missing []string
+	if caps, ok := effective(); ok {
+		for _, c := range need {
+			implied := c == capBPF && caps&(1<<capSysAdmin) != 0
+			if caps&(1<<c) == 0 && !implied {
+				missing = append(missing, capNames[c])
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return fmt.Errorf("%s: %v: the probing locator needs CAP_SYS_ADMIN and CAP_SYS_PTRACE (or root)", what, err)
+	}
+	return fmt.Errorf("%s: %v: missing %s; the probing locator needs CAP_SYS_ADMIN and CAP_SYS_PTRACE (or root)", what, err, strings.Join(missing, ", "))
 }
