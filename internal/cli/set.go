@@ -23,7 +23,7 @@ type writeFlags struct {
 	force    bool
 	output   string
 	stateDir string
-	hold     time.Duration
+	pause    string
 	locate   locateFlags
 
 	minSync, retry, fullSync time.Duration
@@ -35,8 +35,8 @@ func (f *writeFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "show what would be written, write nothing")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().StringVar(&f.stateDir, "state-dir", state.DefaultDir, "where the original values, locks and audit log are kept")
-	cmd.Flags().DurationVar(&f.hold, "hold-stop", 0, "keep kube-proxy stopped this long inside the write (fault-injection tests only)")
-	_ = cmd.Flags().MarkHidden("hold-stop")
+	cmd.Flags().StringVar(&f.pause, "fault-pause", "", "STEP[:DURATION]: pause (a minute) at this step of the write: locked, located, recorded, checked, written, released (fault-injection tests only)")
+	_ = cmd.Flags().MarkHidden("fault-pause")
 	f.locate.register(cmd)
 }
 
@@ -46,7 +46,26 @@ func (f *writeFlags) options(cmd *cobra.Command) (tune.Options, error) {
 		return tune.Options{}, err
 	}
 	return tune.Options{PID: f.pid, Runner: f.runner, DryRun: f.dryRun, Force: f.force, Store: state.Store{Dir: f.stateDir},
-		Hold: f.hold, Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)), Locate: lo}, nil
+		Pause: f.pauser(cmd.ErrOrStderr()), Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)), Locate: lo}, nil
+}
+
+// pauser is the --fault-pause hook: it says where it stops, so that a test can kill kptune there.
+func (f *writeFlags) pauser(w io.Writer) func(string) {
+	if f.pause == "" {
+		return nil
+	}
+	at, d := f.pause, time.Minute
+	if s, v, ok := strings.Cut(f.pause, ":"); ok {
+		if pd, err := time.ParseDuration(v); err == nil {
+			at, d = s, pd
+		}
+	}
+	return func(step string) {
+		if step == at {
+			fmt.Fprintf(w, "paused at %s\n", step)
+			time.Sleep(d)
+		}
+	}
 }
 
 func newSetCommand() *cobra.Command {

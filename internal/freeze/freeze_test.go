@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,9 @@ import (
 
 // The test binary doubles as a tracer that holds a stop until it is killed.
 func TestMain(m *testing.M) {
+	if os.Getenv("KPTUNE_FREEZE_SPAWN") != "" {
+		spawnThreads()
+	}
 	if pid, err := strconv.Atoi(os.Getenv("KPTUNE_FREEZE_HOLD_PID")); err == nil {
 		_, err := Do(pid, func() error {
 			fmt.Println("stopped")
@@ -95,6 +99,69 @@ func TestStopsEveryThreadAndReleasesThem(t *testing.T) {
 	}
 	t.Logf("%d threads stopped for %v", st.Threads, st.Stopped)
 	checkReleased(t, f, "a stop")
+}
+
+// spawnThreads is a process whose threads multiply and die without pause: goroutines that lock
+// their OS thread and end make the runtime start a new thread and let the old one exit.
+func spawnThreads() {
+	fmt.Println("spawning")
+	for {
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+				time.Sleep(time.Millisecond)
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+// TestThreadsMultiplying: a process whose threads are born and die without pause is still stopped
+// whole (every thread that exists inside the stop is stopped) and released whole, repeatedly.
+func TestThreadsMultiplying(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "KPTUNE_FREEZE_SPAWN=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if _, err := out.Read(make([]byte, 9)); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	seen := map[int]bool{}
+	for round := 0; round < 50; round++ {
+		st, err := Do(pid, func() error {
+			for tid, s := range states(t, pid) {
+				seen[tid] = true
+				if s != 't' {
+					return fmt.Errorf("thread %d in state %c inside the stop", tid, s)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if st.Threads < 2 {
+			t.Fatalf("round %d: %d threads stopped", round, st.Threads)
+		}
+		if tp, err := TracerPID(pid); tp != 0 || err != nil {
+			t.Fatalf("round %d: TracerPid %d (%v) after release", round, tp, err)
+		}
+	}
+	if len(seen) < 30 {
+		t.Errorf("only %d distinct threads over 50 stops: the process did not multiply its threads", len(seen))
+	}
+	t.Logf("50 stops of a process that went through %d threads", len(seen))
 }
 
 // checkReleased checks that nothing traces or stops the fixture, and that its runner runs on.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"time"
 
 	"kptune/internal/freeze"
 	"kptune/internal/locate"
@@ -19,9 +18,9 @@ type Target struct {
 	ExeDev    uint64 // device and inode of its executable: an exec keeps pid and start time
 	ExeIno    uint64
 	Locate    locate.Target
-	// Hold keeps the process stopped this long before releasing it: a fault-injection aid for tests
-	// that kill kptune inside the stop.
-	Hold time.Duration
+	// Pause, if set, is called at each step inside the stop ("checked": before the writes,
+	// "written": after them): a fault-injection aid for tests that kill kptune there.
+	Pause func(step string)
 }
 
 // RunnerWrites are the writes planned for one runner.
@@ -60,6 +59,7 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 				}
 			}
 		}
+		t.pause("checked")
 		var done []Write
 		err = func() error {
 			for _, rw := range rws {
@@ -85,9 +85,13 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 			}
 			return fmt.Errorf("write failed, previous values restored: %w", err)
 		}
-		if t.Hold > 0 {
-			time.Sleep(t.Hold)
-		}
+		t.pause("written")
 		return nil
 	})
+}
+
+func (t Target) pause(step string) {
+	if t.Pause != nil {
+		t.Pause(step)
+	}
 }

@@ -30,7 +30,9 @@ type Options struct {
 	DryRun bool
 	Force  bool // override the /healthz rail
 	Store  state.Store
-	Hold   time.Duration // fault-injection aid: keep the process stopped this long
+	// Pause, if set, is called at each step of a write: "locked", "located", "recorded", then inside
+	// the stop "checked" and "written", then "released" (fault-injection tests kill kptune there).
+	Pause func(step string)
 	Log    *slog.Logger
 	Locate inspect.LocateOptions // how runners are found (zero: the scan, else the uprobe)
 }
@@ -64,6 +66,12 @@ type RunnerResult struct {
 	Old     patch.Values `json:"old"`
 	New     patch.Values `json:"new"`
 	Fields  []string     `json:"fieldsWritten"`
+}
+
+func (o Options) pause(step string) {
+	if o.Pause != nil {
+		o.Pause(step)
+	}
 }
 
 // Set changes the runners of one or every kube-proxy.
@@ -133,6 +141,7 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 			return nil, err
 		}
 		p.unlock = unlock
+		o.pause("locked")
 	}
 	dev, ino, err := procfs.ExeID(pid)
 	if errors.Is(err, procfs.ErrGone) {
@@ -154,7 +163,7 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		p.close()
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	p.target = patch.Target{PID: pid, StartTime: proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt, Hold: o.Hold}
+	p.target = patch.Target{PID: pid, StartTime: proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt, Pause: o.Pause}
 	return p, nil
 }
 
@@ -218,9 +227,11 @@ func set(o Options, pid int) (ProcessResult, error) {
 		res.Total = time.Since(start).String()
 		return res, nil
 	}
+	o.pause("located")
 	if err := remember(o.Store, p); err != nil {
 		return res, err
 	}
+	o.pause("recorded")
 	if err := apply(o, p, &res, rws, "set"); err != nil {
 		return res, err
 	}
@@ -246,9 +257,13 @@ func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites,
 	st, err := patch.Apply(p.target, rws)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
 	res.StoppingNS, res.InsideNS = int64(st.Stopping), int64(st.Inside)
+	if errors.Is(err, procfs.ErrGone) {
+		return fmt.Errorf("pid %d exited before the write: nothing written; run kptune again for the new kube-proxy", p.proc.PID)
+	}
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", p.proc.PID, err)
 	}
+	o.pause("released")
 	audit(o, action, p.proc.PID, res.Runners, st.Stopped)
 	return nil
 }

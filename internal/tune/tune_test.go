@@ -3,12 +3,14 @@ package tune
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,7 +183,12 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		var holdErr error
 		go func() {
 			defer wg.Done()
-			_, holdErr = Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Hold: 2 * time.Second, Log: quiet()})
+			_, holdErr = Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(),
+				Pause: func(step string) {
+					if step == "written" {
+						time.Sleep(2 * time.Second)
+					}
+				}})
 		}()
 		time.Sleep(800 * time.Millisecond)
 		_, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
@@ -200,38 +207,60 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		}
 	})
 
-	t.Run("kptune killed inside the stop", func(t *testing.T) {
+	t.Run("kptune killed at every step of a write", func(t *testing.T) {
 		kp := pairs[1].a
 		bin, err := testbed.Kptune()
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, period := range []string{"3s", "4s", "5s"} {
-			cmd := exec.Command(bin, "set", "--pid", strconv.Itoa(kp.PID()), "--min-sync-period", period, "--hold-stop", "30s", "--state-dir", store.Dir)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
+		current := func() locate.Found {
+			p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+			if err != nil {
 				t.Fatal(err)
 			}
-			// TracerPid names the tracing thread; its thread group is kptune.
-			deadline := time.Now().Add(10 * time.Second)
-			for !tracedBy(kp.PID(), cmd.Process.Pid) {
-				if time.Now().After(deadline) {
-					_ = cmd.Process.Kill()
-					_ = cmd.Wait()
-					t.Fatalf("kptune never stopped kube-proxy: %s", stderr.String())
+			return p.Found()[0]
+		}
+		steps := []string{"locked", "located", "recorded", "checked", "written", "released"}
+		periods := []time.Duration{3 * time.Second, 4 * time.Second}
+		for round := 0; round < 2; round++ {
+			for _, step := range steps {
+				before := current().MinInterval
+				want := periods[round]
+				if want == before {
+					want += time.Second
 				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			time.Sleep(200 * time.Millisecond)
-			if tp, err := freeze.TracerPID(kp.PID()); tp != 0 || err != nil {
-				t.Fatalf("round %d: TracerPid %d (%v) after kptune was killed", i, tp, err)
-			}
-			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", kp.PID()))
-			if err != nil || strings.Contains(string(st), "State:\tt") || strings.Contains(string(st), "State:\tT") {
-				t.Fatalf("round %d: kube-proxy stopped after kptune was killed: %v", i, err)
+				cmd := exec.Command(bin, "set", "--pid", strconv.Itoa(kp.PID()), "--min-sync-period", want.String(),
+					"--fault-pause", step, "--state-dir", store.Dir)
+				var stderr syncBuffer
+				cmd.Stderr = &stderr
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				deadline := time.Now().Add(20 * time.Second)
+				for !strings.Contains(stderr.String(), "paused at "+step) {
+					if time.Now().After(deadline) {
+						_ = cmd.Process.Kill()
+						_ = cmd.Wait()
+						t.Fatalf("kptune never reached %s: %s", step, stderr.String())
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				time.Sleep(100 * time.Millisecond)
+				if tp, err := freeze.TracerPID(kp.PID()); tp != 0 || err != nil {
+					t.Fatalf("killed at %s: TracerPid %d (%v)", step, tp, err)
+				}
+				st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", kp.PID()))
+				if err != nil || strings.Contains(string(st), "State:\tt") || strings.Contains(string(st), "State:\tT") {
+					t.Fatalf("killed at %s: kube-proxy left stopped (%v)", step, err)
+				}
+				// Never half a change: the runner holds the old period or the new, with its qps.
+				f := current()
+				landed := step == "written" || step == "released"
+				if (landed && f.MinInterval != want) || (!landed && f.MinInterval != before) || !f.Patchable || f.Reason != "" {
+					t.Fatalf("killed at %s: runner holds %v (qps %v, %s); want %v", step, f.MinInterval, f.QPS, f.Reason, map[bool]time.Duration{true: want, false: before}[landed])
+				}
 			}
 		}
 		// It still syncs: a change reaches its rules.
@@ -254,7 +283,8 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		if after.Syncs() <= before.Syncs() || !kp.Running() {
 			t.Fatalf("kube-proxy did not sync after kptune was killed (%d → %d syncs)", before.Syncs(), after.Syncs())
 		}
-		// The writes landed before the hold; reset restores the original period from the record.
+		// Writes landed where kptune was killed after them; reset restores the original period from
+		// the record.
 		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
 			t.Fatal(err)
 		}
@@ -271,16 +301,117 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			t.Errorf("a period past syncPeriod: %v", err)
 		}
 	})
+
+	t.Run("a corrupt or missing state record", func(t *testing.T) {
+		kp := pairs[0].b
+		d := 5 * time.Second
+		if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err != nil {
+			t.Fatal(err)
+		}
+		records, _ := filepath.Glob(filepath.Join(store.Dir, "records", fmt.Sprintf("%d-*.json", kp.PID())))
+		if len(records) != 1 {
+			t.Fatalf("records %v", records)
+		}
+		good, err := os.ReadFile(records[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec state.Record
+		if err := json.Unmarshal(good, &rec); err != nil {
+			t.Fatal(err)
+		}
+		for a, o := range rec.Runners {
+			o.MinInterval = -time.Second // a value no kube-proxy starts with
+			rec.Runners[a] = o
+		}
+		negative, _ := json.Marshal(rec)
+		for _, bad := range []string{`{"pid":`, string(negative)} {
+			if err := os.WriteFile(records[0], []byte(bad), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "is corrupt") {
+				t.Errorf("reset from a corrupt record: %v", err)
+			}
+			if got := fieldsMin(t, kp.PID()); got != d {
+				t.Errorf("a refused reset changed the period to %v", got)
+			}
+		}
+		if err := os.Remove(records[0]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
+			t.Errorf("reset without a record: %v", err)
+		}
+		seven := 7 * time.Second
+		if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &seven}, Store: store, Log: quiet()}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("kube-proxy restarted between locate and write", func(t *testing.T) {
+		kp := pairs[1].b
+		bin, err := testbed.Kptune()
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := kp.PID()
+		cmd := exec.Command(bin, "set", "--pid", strconv.Itoa(old), "--min-sync-period", "3s", "--fault-pause", "located:5s", "--state-dir", store.Dir)
+		var stderr, stdout syncBuffer
+		cmd.Stderr, cmd.Stdout = &stderr, &stdout
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for !strings.Contains(stderr.String(), "paused at located") {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := kp.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		if err := kp.WaitSynced(ctx, 1, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		err = cmd.Wait()
+		msg := strings.TrimSpace(stderr.String())
+		if err == nil || !strings.Contains(msg, "exited before the write: nothing written") {
+			t.Fatalf("set across a restart: %v: %s (stdout %s)", err, msg, stdout.String())
+		}
+		p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Found()[0].MinInterval; got != 7*time.Second {
+			t.Errorf("the restarted kube-proxy (pid %d, was %d) holds %v, want its own 7s", kp.PID(), old, got)
+		}
+		t.Logf("refused: %s", msg[strings.LastIndex(msg, "\n")+1:])
+	})
 }
 
-// tracedBy reports whether a thread of process tracer traces pid.
-func tracedBy(pid, tracer int) bool {
-	tp, err := freeze.TracerPID(pid)
-	if err != nil || tp == 0 {
-		return false
+// fieldsMin reads the minInterval of the first runner of pid.
+func fieldsMin(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	p, err := inspect.PID(context.Background(), pid, inspect.LocateOptions{Locator: inspect.ByScan})
+	if err != nil {
+		t.Fatal(err)
 	}
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tp))
-	return err == nil && strings.Contains(string(st), fmt.Sprintf("\nTgid:\t%d\n", tracer))
+	return p.Found()[0].MinInterval
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // ChurnOptions is the steady churn the test runs under: 20 changes a second.
