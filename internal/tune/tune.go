@@ -32,7 +32,7 @@ type Options struct {
 	Store  state.Store
 	// Pause, if set, is called at each step of a write: "locked", "located", "recorded", then inside
 	// the stop "checked" and "written", then "released" (fault-injection tests kill kptune there).
-	Pause func(step string)
+	Pause  func(step string)
 	Log    *slog.Logger
 	Locate inspect.LocateOptions // how runners are found (zero: the scan, else the uprobe)
 }
