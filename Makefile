@@ -5,7 +5,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image fuzz setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image fuzz soak setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -33,6 +33,11 @@ prebuild: setup
 test: prebuild
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+# 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
+# (make test runs 40).
+soak: prebuild
+	KPTUNE_SOAK_CYCLES=$${SOAK_CYCLES:-1000} $(GO) test -count=1 -timeout 60m -run TestSoak -v ./internal/tune | tee bench/results/soak.txt
 
 # Every fuzz target for FUZZTIME each (default 60s); the results go to bench/results/fuzz.txt.
 fuzz: prebuild
