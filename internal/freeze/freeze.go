@@ -96,7 +96,7 @@ func do(pid int, fn func() error) (st Stats, err error) {
 		if err != nil {
 			return st, err
 		}
-		added := 0
+		var fresh []*tracee
 		for _, tid := range tids {
 			if seized[tid] != nil {
 				continue
@@ -106,7 +106,11 @@ func do(pid int, fn func() error) (st Stats, err error) {
 					continue // the thread exited
 				}
 				if errors.Is(err, unix.EPERM) {
-					if traced(pid) {
+					// The kernel refuses to attach to a thread that is exiting: one less to stop.
+					if s := threadState(pid, tid); s == 0 || s == 'Z' || s == 'X' {
+						continue
+					}
+					if tracedByOther(pid, tid, unix.Gettid()) {
 						return st, ErrTraced
 					}
 					return st, fmt.Errorf("seize thread %d: permission denied: run as root or with CAP_SYS_PTRACE", tid)
@@ -115,14 +119,19 @@ func do(pid int, fn func() error) (st Stats, err error) {
 			}
 			t := &tracee{tid: tid}
 			seized[tid] = t
+			fresh = append(fresh, t)
+		}
+		// Seizing stops nothing; the interrupts stop the threads, so they are sent back to back,
+		// after every seize, and the stop starts with the first of them.
+		for _, t := range fresh {
 			if first.IsZero() {
 				first = time.Now()
 			}
-			if err := unix.PtraceInterrupt(tid); err != nil && !errors.Is(err, unix.ESRCH) {
-				return st, fmt.Errorf("interrupt thread %d: %w", tid, err)
+			if err := unix.PtraceInterrupt(t.tid); err != nil && !errors.Is(err, unix.ESRCH) {
+				return st, fmt.Errorf("interrupt thread %d: %w", t.tid, err)
 			}
-			added++
 		}
+		added := len(fresh)
 		for _, t := range seized {
 			if !t.stopped {
 				if err := wait(pid, t); err != nil {
@@ -234,9 +243,20 @@ func threads(pid int) ([]int, error) {
 }
 
 // traced reports whether another process traces pid (TracerPid in /proc/PID/status).
-func traced(pid int) bool {
-	s, err := TracerPID(pid)
-	return err == nil && s != 0
+// tracedByOther reports whether thread tid of pid is traced by another tracer than self (the thread
+// that runs the stop).
+func tracedByOther(pid, tid, self int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/status", procfs.Root, pid, tid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			tracer, err := strconv.Atoi(strings.TrimSpace(v))
+			return err == nil && tracer != 0 && tracer != self
+		}
+	}
+	return false
 }
 
 // TracerPID reads TracerPid from /proc/PID/status.
