@@ -5,7 +5,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image fuzz soak setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image fuzz soak bench-smoke setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -33,6 +33,11 @@ prebuild: setup
 test: prebuild
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+# The churn bench's smoke run: steady churn on kube-proxy at static periods of 1s, 2s and 5s,
+# asserting the physics (syncs fall as the period rises, within the token bucket; every change lands).
+bench-smoke: prebuild
+	KPTUNE_CHURN=1 KPTUNE_CHURN_RECORD=1 $(GO) test -count=1 -timeout 20m -run TestSmoke -v ./test/churn
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).

@@ -120,6 +120,23 @@ func endpointSlice(i, n, generation int) *discoveryv1.EndpointSlice {
 	}
 }
 
+// SetEndpoints replaces Service i's endpoints with generation gen of its addresses (as one churn
+// change does) and returns the first new address, which appears in the rules once kube-proxy has
+// programmed the change.
+func (c *Cluster) SetEndpoints(ctx context.Context, i, endpoints, gen int) (string, error) {
+	slice := endpointSlice(i, endpoints, gen)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := c.Client.DiscoveryV1().EndpointSlices(LoadNamespace).Get(ctx, slice.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Endpoints, cur.Annotations = slice.Endpoints, slice.Annotations
+		_, err = c.Client.DiscoveryV1().EndpointSlices(LoadNamespace).Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	return slice.Endpoints[0].Addresses[0], err
+}
+
 // ChurnOptions configure Churn.
 type ChurnOptions struct {
 	Rate      float64 // EndpointSlice changes a second
@@ -157,16 +174,7 @@ func (c *Cluster) Churn(ctx context.Context, o ChurnOptions) (*Churner, error) {
 			}
 			i := rand.IntN(o.Services)
 			gens[i]++
-			slice := endpointSlice(i, o.Endpoints, gens[i])
-			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-				cur, err := c.Client.DiscoveryV1().EndpointSlices(LoadNamespace).Get(ctx, slice.Name, metav1.GetOptions{})
-				if err != nil {
-					return err
-				}
-				cur.Endpoints, cur.Annotations = slice.Endpoints, slice.Annotations
-				_, err = c.Client.DiscoveryV1().EndpointSlices(LoadNamespace).Update(ctx, cur, metav1.UpdateOptions{})
-				return err
-			})
+			_, err := c.SetEndpoints(ctx, i, o.Endpoints, gens[i])
 			switch {
 			case err == nil:
 				ch.changes.Add(1)
