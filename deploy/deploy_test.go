@@ -112,11 +112,7 @@ func TestManifests(t *testing.T) {
 		t.Skip("needs root: the test bed's network namespaces")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
+	c, _ := testbed.Start(t, 0, 0)
 	dc, err := discovery.NewDiscoveryClientForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)

@@ -26,13 +26,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// run runs kptune, optionally as another user, and returns its exit code, stdout and stderr.
+// run runs kptune, optionally as an unprivileged user with no capabilities, and returns its exit
+// code, stdout and stderr.
 func run(t *testing.T, asNobody bool, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(kptune, args...)
 	if asNobody {
-		cmd = exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", kptune}, args...)...)
+		return asUser(t, "", args...)
 	}
+	return runCmd(t, exec.Command(kptune, args...))
+}
+
+func runCmd(t *testing.T, cmd *exec.Cmd) (int, string, string) {
+	t.Helper()
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -24,18 +24,8 @@ func asUser(t *testing.T, caps string, args ...string) (int, string, string) {
 			set += ",+" + c
 		}
 	}
-	cmd := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups",
-		"--inh-caps=" + set, "--ambient-caps=" + set, "--bounding-set=" + set, kptune}, args...)...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return code, out.String(), errb.String()
+	return runCmd(t, exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=" + set, "--ambient-caps=" + set, "--bounding-set=" + set, kptune}, args...)...))
 }
 
 // TestLeastPrivilege measures what each command needs against a real kube-proxy (root, as in a
@@ -47,21 +37,8 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Skip("needs root: to run kptune with chosen capabilities, and the test bed")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
-	if err := c.Load(ctx, 20, 3); err != nil {
-		t.Fatal(err)
-	}
-	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	c, kps := testbed.Start(t, 20, 3, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	kp := kps[0]
 	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: 20, Endpoints: 3})
 	if err != nil {
 		t.Fatal(err)

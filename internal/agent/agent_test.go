@@ -56,28 +56,11 @@ func TestAgentOnTestBed(t *testing.T) {
 		t.Skip("needs root: network namespaces, and the agent writes kube-proxy's memory")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
-	if err := c.Load(ctx, 20, 3); err != nil {
-		t.Fatal(err)
-	}
-	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Another node's kube-proxy on the same machine: not the agent's to change.
-	other, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.37.2"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []*testbed.KubeProxy{kp, other} {
-		if err := k.WaitSynced(ctx, 1, 90*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The second kube-proxy is another node's, on the same machine: not the agent's to change.
+	c, kps := testbed.Start(t, 20, 3,
+		testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second},
+		testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.37.2"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	kp, other := kps[0], kps[1]
 
 	dir := t.TempDir()
 	kptune, err := testbed.Kptune()
@@ -226,22 +209,9 @@ func TestAdaptiveOnTestBed(t *testing.T) {
 		t.Skip("needs root: network namespaces, and the agent writes kube-proxy's memory")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
 	const services = 150
-	if err := c.Load(ctx, services, 5); err != nil {
-		t.Fatal(err)
-	}
-	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	c, kps := testbed.Start(t, services, 5, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	kp := kps[0]
 	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 20, Services: services, Endpoints: 5})
 	if err != nil {
 		t.Fatal(err)

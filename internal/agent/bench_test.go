@@ -23,22 +23,9 @@ func BenchmarkAgentCost(b *testing.B) {
 		b.Skip("needs root: network namespaces, and the agent reads kube-proxy's memory")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Down()
-	if err := c.Load(ctx, 200, 5); err != nil {
-		b.Fatal(err)
-	}
-	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.NFTables,
+	c, kps := testbed.Start(b, 200, 5, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.NFTables,
 		MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := kp.WaitSynced(ctx, 1, 2*time.Minute); err != nil {
-		b.Fatal(err)
-	}
+	kp := kps[0]
 	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: 10, Services: 200, Endpoints: 5})
 	if err != nil {
 		b.Fatal(err)

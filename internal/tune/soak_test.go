@@ -49,28 +49,9 @@ func normalise(rules, nodeIP string) string {
 func TestSoak(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
 	const services, endpoints = 100, 5
-	if err := c.Load(ctx, services, endpoints); err != nil {
-		t.Fatal(err)
-	}
-	var kps []*testbed.KubeProxy
-	for range 2 {
-		kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		kps = append(kps, kp)
-	}
-	for _, kp := range kps {
-		if err := kp.WaitSynced(ctx, 1, 90*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	o := testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+	c, kps := testbed.Start(t, services, endpoints, o, o)
 	tuned, untouched := kps[0], kps[1]
 	pid := tuned.PID()
 	failures := func(kp *testbed.KubeProxy) float64 {

@@ -1,3 +1,5 @@
+//go:build churn
+
 package churn
 
 import (
@@ -19,22 +21,12 @@ import (
 // the rules (the probe Service's changes are seen in them, and every Service is there at the end).
 // With KPTUNE_CHURN_RECORD set, each run's figures go to bench/results/churn/.
 func TestSmoke(t *testing.T) {
-	if os.Getenv("KPTUNE_CHURN") == "" {
-		t.Skip("the churn bench runs with make bench-smoke (KPTUNE_CHURN=1): minutes of real kube-proxy")
-	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces and iptables")
 	}
 	ctx := context.Background()
-	c, err := testbed.Up(ctx, testbed.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Down() })
 	const services, endpoints = 200, 5
-	if err := c.Load(ctx, services+1, endpoints); err != nil {
-		t.Fatal(err)
-	}
+	c, _ := testbed.Start(t, services+1, endpoints) // the last is the probe Service
 	build := testbed.Build{Version: "v1.33.5"}
 	var results []Result
 	for _, period := range []time.Duration{time.Second, 2 * time.Second, 5 * time.Second} {

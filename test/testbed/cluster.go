@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -253,3 +254,35 @@ func (p *Process) Running() bool { return !p.p.exited() }
 
 // Stop asks it to end (SIGTERM, then SIGKILL after 10 s) and waits.
 func (p *Process) Stop() { p.p.stop() }
+
+// Start is the usual opening of a test on the test bed: a control plane torn down with the test,
+// holding services Services of endpoints endpoints each (none if services is 0), and one running
+// kube-proxy for each of opts, each synced once. It fails the test on any error.
+func Start(tb testing.TB, services, endpoints int, opts ...KubeProxyOptions) (*Cluster, []*KubeProxy) {
+	tb.Helper()
+	ctx := context.Background()
+	c, err := Up(ctx, ClusterOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Down() })
+	if services > 0 {
+		if err := c.Load(ctx, services, endpoints); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	var kps []*KubeProxy
+	for _, o := range opts {
+		kp, err := c.StartKubeProxy(ctx, o)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		kps = append(kps, kp)
+	}
+	for _, kp := range kps {
+		if err := kp.WaitSynced(ctx, 1, 2*time.Minute); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return c, kps
+}
