@@ -246,29 +246,19 @@ func threads(pid int) ([]int, error) {
 // tracedByOther reports whether thread tid of pid is traced by another tracer than self (the thread
 // that runs the stop).
 func tracedByOther(pid, tid, self int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/status", procfs.Root, pid, tid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
-			tracer, err := strconv.Atoi(strings.TrimSpace(v))
-			return err == nil && tracer != 0 && tracer != self
-		}
-	}
-	return false
+	tracer, err := tracerOf(fmt.Sprintf("%s/%d/task/%d/status", procfs.Root, pid, tid))
+	return err == nil && tracer != 0 && tracer != self
 }
 
 // TracerPID reads TracerPid from /proc/PID/status.
 func TracerPID(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/status", procfs.Root, pid))
+	return tracerOf(fmt.Sprintf("%s/%d/status", procfs.Root, pid))
+}
+
+func tracerOf(status string) (int, error) {
+	v, err := procfs.StatusField(status, "TracerPid")
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
-		}
-	}
-	return 0, errors.New("no TracerPid in status")
+	return strconv.Atoi(v)
 }

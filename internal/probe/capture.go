@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"kptune/internal/locate"
+	"kptune/internal/procfs"
 )
 
 // ErrNoCall is returned when no probed function ran in the target while the probes were attached.
@@ -357,17 +358,12 @@ var capNames = map[int]string{capSysPtrace: "CAP_SYS_PTRACE", capSysAdmin: "CAP_
 
 // effective reads the process's effective capabilities.
 func effective() (uint64, bool) {
-	data, err := os.ReadFile("/proc/self/status")
+	v, err := procfs.StatusField("/proc/self/status", "CapEff")
 	if err != nil {
 		return 0, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return caps, err == nil
-		}
-	}
-	return 0, false
+	caps, err := strconv.ParseUint(v, 16, 64)
+	return caps, err == nil
 }
 
 // bpfError names the missing capability when the kernel refuses one step of attaching.

@@ -70,6 +70,21 @@ func Get(pid int) (Process, error) {
 	return p, nil
 }
 
+// StatusField reads one field of a status file (/proc/PID/status, /proc/PID/task/TID/status, or
+// /proc/self/status), its value trimmed.
+func StatusField(path, key string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("%s has no %s", path, key)
+}
+
 // userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on every Linux architecture
 // Go supports).
 const userHZ = 100
