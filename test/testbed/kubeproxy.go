@@ -2,8 +2,11 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -45,6 +48,13 @@ type KubeProxyOptions struct {
 	DualStack bool
 	// Args are appended to kube-proxy's command line.
 	Args []string
+	// IPTablesLegacy gives kube-proxy the legacy (x_tables) iptables instead of the system's default
+	// (Debian's is the nf_tables backend, whose iptables-restore of thousands of Services takes
+	// minutes on a small machine).
+	IPTablesLegacy bool
+	// CountExecs puts wrappers for iptables*, ip6tables* and nft first on kube-proxy's PATH, each
+	// logging its name before it runs the real program: Execs counts them.
+	CountExecs bool
 }
 
 // KubeProxy is a running kube-proxy in a namespace of its own.
@@ -102,6 +112,7 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 		IP:      fmt.Sprintf("10.251.%d.2", n),
 		Binary:  bin,
 		Options: o,
+		c:       c,
 	}
 	ip6 := fmt.Sprintf("fd00:251:%x::2", n)
 	if err := c.addNetns(kp.NS); err != nil {
@@ -191,14 +202,23 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 	}
 	args = append(args, o.Args...)
 	var env []string
+	path := os.Getenv("PATH")
 	if !o.DualStack && o.Mode != NFTables {
 		dir, err := c.ipv4OnlyPath()
 		if err != nil {
 			return nil, err
 		}
-		env = []string{"PATH=" + dir + ":/usr/local/bin:/usr/bin:/bin"}
+		path = dir + ":/usr/local/bin:/usr/bin:/bin"
+		env = []string{"PATH=" + path}
 	}
-	kp.c, kp.env, kp.args = c, env, args
+	if o.IPTablesLegacy || o.CountExecs {
+		dir, err := kp.tools()
+		if err != nil {
+			return nil, err
+		}
+		env = []string{"PATH=" + dir + ":" + path}
+	}
+	kp.env, kp.args = env, args
 	if err := kp.run(); err != nil {
 		return nil, err
 	}
@@ -246,11 +266,15 @@ func (kp *KubeProxy) Rules() (string, error) {
 		out, err := inNetns(kp.NS, "nft", "list", "ruleset")
 		return string(out), err
 	}
-	out, err := inNetns(kp.NS, "iptables-save")
+	save := "-save"
+	if kp.Options.IPTablesLegacy {
+		save = "-legacy-save"
+	}
+	out, err := inNetns(kp.NS, "iptables"+save)
 	if err != nil || !kp.Options.DualStack {
 		return string(out), err
 	}
-	out6, err := inNetns(kp.NS, "ip6tables-save")
+	out6, err := inNetns(kp.NS, "ip6tables"+save)
 	return string(out) + string(out6), err
 }
 
@@ -272,6 +296,67 @@ func (kp *KubeProxy) Proxiers() (int, error) {
 
 // Stop stops kube-proxy (SIGTERM, then SIGKILL); its namespace stays until the cluster is torn down.
 func (kp *KubeProxy) Stop() { kp.proc.stop() }
+
+// tools writes kube-proxy's own directory of rule programs (see IPTablesLegacy and CountExecs).
+func (kp *KubeProxy) tools() (string, error) {
+	dir := filepath.Join(kp.c.Dir, kp.Node+"-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	names := []string{"iptables", "iptables-save", "iptables-restore", "nft"}
+	if kp.Options.DualStack || kp.Options.Mode == NFTables {
+		names = append(names, "ip6tables", "ip6tables-save", "ip6tables-restore")
+	}
+	for _, name := range names {
+		target, err := exec.LookPath(name)
+		if err != nil {
+			continue // not installed: kube-proxy will not find it either
+		}
+		if kp.Options.IPTablesLegacy && name != "nft" {
+			family, verb, _ := strings.Cut(name, "-")
+			legacy := family + "-legacy"
+			if verb != "" {
+				legacy += "-" + verb
+			}
+			if target, err = exec.LookPath(legacy); err != nil {
+				return "", fmt.Errorf("IPTablesLegacy: %s is not installed (Debian's iptables package has it)", legacy)
+			}
+		}
+		file := filepath.Join(dir, name)
+		if !kp.Options.CountExecs {
+			if err := os.Symlink(target, file); err != nil && !os.IsExist(err) {
+				return "", err
+			}
+			continue
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho %s >>%s\nexec %s \"$@\"\n", name, kp.execLog(), target)
+		if err := os.WriteFile(file, []byte(script), 0o755); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+func (kp *KubeProxy) execLog() string { return filepath.Join(kp.c.Dir, kp.Node+"-execs.log") }
+
+// Execs counts the rule programs kube-proxy has run, by name (with CountExecs).
+func (kp *KubeProxy) Execs() (map[string]int, error) {
+	if !kp.Options.CountExecs {
+		return nil, fmt.Errorf("kube-proxy %s was not started with CountExecs", kp.Node)
+	}
+	b, err := os.ReadFile(kp.execLog())
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[string]int{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	n := map[string]int{}
+	for _, line := range strings.Fields(string(b)) {
+		n[line]++
+	}
+	return n, nil
+}
 
 // ipv4OnlyPath returns a directory holding links to every system binary but ip6tables*: a node
 // without IPv6 netfilter tools, on which kube-proxy runs single-stack.

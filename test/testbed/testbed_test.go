@@ -71,6 +71,7 @@ func TestKubeProxySyncsUnderChurn(t *testing.T) {
 	for _, o := range []KubeProxyOptions{
 		{Build: oldGen, Mode: IPTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second},
 		{Build: newGen, Mode: NFTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second, DualStack: true},
+		{Build: oldGen, Mode: IPTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second, IPTablesLegacy: true, CountExecs: true},
 	} {
 		kp, err := c.StartKubeProxy(ctx, o)
 		if err != nil {
@@ -127,12 +128,28 @@ func TestKubeProxySyncsUnderChurn(t *testing.T) {
 			t.Errorf("the dual-stack kube-proxy wrote no IPv6 table")
 		}
 	}
+	// The third wrote its rules with the legacy backend (none in nf_tables), through the counting
+	// wrappers: one iptables-restore a sync at least.
+	if out, err := inNetns(kps[2].NS, "iptables-nft-save"); err != nil || strings.Contains(string(out), "KUBE-SERVICES") {
+		t.Errorf("the legacy kube-proxy's rules are in the nf_tables backend (%v):\n%.300s", err, out)
+	}
+	s, err := kps[2].Metrics.Scrape(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execs, err := kps[2].Execs()
+	if err != nil || uint64(execs["iptables-restore"]) < s.Syncs() {
+		t.Errorf("counted %v (%v) for %d syncs, want an iptables-restore a sync", execs, err, s.Syncs())
+	}
 
 	pids := []int{c.api.pid(), c.etcd.pid()}
 	for _, kp := range kps {
 		pids = append(pids, kp.PID())
 	}
-	nss := append([]string{c.NS}, kps[0].NS, kps[1].NS)
+	nss := []string{c.NS}
+	for _, kp := range kps {
+		nss = append(nss, kp.NS)
+	}
 	downed = true
 	if err := c.Down(); err != nil {
 		t.Fatalf("down: %v", err)
