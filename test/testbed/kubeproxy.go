@@ -2,6 +2,8 @@ package testbed
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -66,10 +69,11 @@ type KubeProxy struct {
 	Options KubeProxyOptions
 	Metrics *kpmetrics.Client
 
-	proc *proc
-	c    *Cluster
-	env  []string
-	args []string
+	proc   *proc
+	c      *Cluster
+	chains map[int]string // HasEndpoint's chain names
+	env    []string
+	args   []string
 }
 
 var minorRE = regexp.MustCompile(`^v?1\.(\d+)\.`)
@@ -242,6 +246,19 @@ func (kp *KubeProxy) Restart() error {
 	return kp.run()
 }
 
+// RestartWith restarts kube-proxy as Restart does, with a new minimum sync period: how a period is
+// changed without kptune.
+func (kp *KubeProxy) RestartWith(minSyncPeriod time.Duration) error {
+	prefix := "--iptables-min-sync-period="
+	if kp.Options.Mode == IPVS {
+		prefix = "--ipvs-min-sync-period="
+	}
+	args := slices.DeleteFunc(slices.Clone(kp.args), func(a string) bool { return strings.HasPrefix(a, prefix) })
+	kp.args = append(args, prefix+minSyncPeriod.String())
+	kp.Options.MinSyncPeriod = minSyncPeriod
+	return kp.Restart()
+}
+
 // PID is the kube-proxy process's id (`ip netns exec` replaces itself with kube-proxy).
 func (kp *KubeProxy) PID() int { return kp.proc.pid() }
 
@@ -276,6 +293,52 @@ func (kp *KubeProxy) Rules() (string, error) {
 	}
 	out6, err := inNetns(kp.NS, "ip6tables"+save)
 	return string(out) + string(out6), err
+}
+
+// HasEndpoint reports whether kube-proxy's rules send Service i to the endpoint ip (port 8080)
+// without listing the whole ruleset, which at thousands of Services costs a large part of a core a
+// listing: the Service's chain is found in one full listing, then only that chain is listed. An
+// nftables service chain names its endpoints' addresses; an iptables one jumps
+// to KUBE-SEP chains named by a hash of the Service port, protocol and endpoint, as kube-proxy's
+// servicePortEndpointChainName computes it (iptables rules carry no comment naming the endpoint
+// past 1000 endpoints).
+func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
+	port := LoadNamespace + "/" + ServiceName(i)
+	if kp.chains == nil {
+		kp.chains = map[int]string{}
+	}
+	chain, ok := kp.chains[i]
+	if !ok {
+		rules, err := kp.Rules()
+		if err != nil {
+			return false, err
+		}
+		var re *regexp.Regexp
+		if kp.Options.Mode == NFTables {
+			re = regexp.MustCompile(`chain (service-[A-Z0-9]+-` + regexp.QuoteMeta(port) + `/tcp/http) \{`)
+		} else {
+			re = regexp.MustCompile(`-A KUBE-SERVICES .*"` + regexp.QuoteMeta(port) + `:http cluster IP".* -j (KUBE-SVC-[A-Z0-9]+)`)
+		}
+		m := re.FindStringSubmatch(rules)
+		if m == nil {
+			return false, fmt.Errorf("Service %s has no chain in kube-proxy %s's rules yet", port, kp.Node)
+		}
+		chain = m[1]
+		kp.chains[i] = chain
+	}
+	if kp.Options.Mode == NFTables {
+		out, err := inNetns(kp.NS, "nft", "list", "chain", "ip", "kube-proxy", chain)
+		// Up to 1.36 a jump to the endpoint's chain; from 1.37 a dnat map to address . port.
+		return strings.Contains(string(out), "__"+ip+"/8080") || strings.Contains(string(out), " "+ip+" . 8080"), err
+	}
+	iptables := "iptables"
+	if kp.Options.IPTablesLegacy {
+		iptables = "iptables-legacy"
+	}
+	out, err := inNetns(kp.NS, iptables, "-w", "-t", "nat", "-S", chain)
+	hash := sha256.Sum256([]byte(port + ":http" + "tcp" + ip + ":8080"))
+	sep := "KUBE-SEP-" + base32.StdEncoding.EncodeToString(hash[:])[:16]
+	return strings.Contains(string(out), "-j "+sep), err
 }
 
 // Proxiers is how many proxiers (so sync runners) kube-proxy built, from what it logged: 2 when it

@@ -144,7 +144,7 @@ type ChurnOptions struct {
 	Endpoints int     // endpoints a slice keeps
 }
 
-// Churner changes EndpointSlices at a steady rate until stopped.
+// Churner makes changes until stopped.
 type Churner struct {
 	changes atomic.Int64
 	failed  atomic.Int64
@@ -153,41 +153,83 @@ type Churner struct {
 	lastErr atomic.Value
 }
 
-// Churn starts changing EndpointSlices: each change shifts one Service's endpoint addresses and
-// stamps the trigger-time annotation, as the EndpointSlice controller does when pods come and go.
+// Step is one step of a churn: the change to make (nil for none) and how long after this step's
+// start the next one starts.
+type Step struct {
+	Change func(context.Context) error
+	Next   time.Duration
+}
+
+// Drive calls next for step after step, on schedule, until stopped, making each step's change with
+// up to workers changes in flight (1 keeps them in order; more hold the rate when a change takes
+// longer than the gap between steps). The schedule is absolute: a late step does not delay the
+// ones after it.
+func Drive(ctx context.Context, workers int, next func(n int) Step) *Churner {
+	ctx, cancel := context.WithCancel(ctx)
+	ch := &Churner{stop: cancel, done: make(chan struct{})}
+	sem := make(chan struct{}, max(workers, 1))
+	var inflight sync.WaitGroup
+	go func() {
+		defer close(ch.done)
+		defer inflight.Wait()
+		at := time.Now()
+		for n := 0; ; n++ {
+			s := next(n)
+			if s.Change != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case sem <- struct{}{}:
+				}
+				inflight.Add(1)
+				go func() {
+					defer inflight.Done()
+					defer func() { <-sem }()
+					switch err := s.Change(ctx); {
+					case err == nil:
+						ch.changes.Add(1)
+					case ctx.Err() == nil:
+						ch.failed.Add(1)
+						ch.lastErr.Store(err)
+					}
+				}()
+			}
+			at = at.Add(s.Next)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(at)):
+			}
+		}
+	}()
+	return ch
+}
+
+// Churn starts changing EndpointSlices at a steady rate, each change to a Service chosen at random:
+// it shifts the Service's endpoint addresses and stamps the trigger-time annotation, as the
+// EndpointSlice controller does when pods come and go.
 func (c *Cluster) Churn(ctx context.Context, o ChurnOptions) (*Churner, error) {
 	if o.Rate <= 0 || o.Services <= 0 || o.Endpoints <= 0 {
 		return nil, fmt.Errorf("churn needs a positive rate, service count and endpoint count")
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	ch := &Churner{stop: cancel, done: make(chan struct{})}
+	var mu sync.Mutex
 	gens := make([]int, o.Services)
-	go func() {
-		defer close(ch.done)
-		t := time.NewTicker(time.Duration(float64(time.Second) / o.Rate))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			i := rand.IntN(o.Services)
-			gens[i]++
-			_, err := c.SetEndpoints(ctx, i, o.Endpoints, gens[i])
-			switch {
-			case err == nil:
-				ch.changes.Add(1)
-			case ctx.Err() == nil:
-				ch.failed.Add(1)
-				ch.lastErr.Store(err)
-			}
-		}
-	}()
-	return ch, nil
+	gap := time.Duration(float64(time.Second) / o.Rate)
+	return Drive(ctx, 8, func(int) Step {
+		i := rand.IntN(o.Services)
+		mu.Lock()
+		gens[i]++
+		gen := gens[i]
+		mu.Unlock()
+		return Step{Next: gap, Change: func(ctx context.Context) error {
+			_, err := c.SetEndpoints(ctx, i, o.Endpoints, gen)
+			return err
+		}}
+	}), nil
 }
 
-// Stop ends the churn and returns how many changes were applied, or the last error if any failed.
+// Stop ends the churn, waits for the changes in flight, and returns how many changes were applied,
+// or the last error if any failed.
 func (ch *Churner) Stop() (int64, error) {
 	ch.stop()
 	<-ch.done

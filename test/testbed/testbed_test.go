@@ -142,6 +142,32 @@ func TestKubeProxySyncsUnderChurn(t *testing.T) {
 		t.Errorf("counted %v (%v) for %d syncs, want an iptables-restore a sync", execs, err, s.Syncs())
 	}
 
+	// HasEndpoint sees a new endpoint of one Service once kube-proxy has programmed it, and not
+	// before: the address is new to the Service.
+	ip, err := c.SetEndpoints(ctx, services-1, endpoints, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kp := range kps {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			there, err := kp.HasEndpoint(services-1, ip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if there {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("kube-proxy %s (%s): endpoint %s of %s never seen in its rules", kp.Node, kp.Options.Mode, ip, ServiceName(services-1))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if there, err := kp.HasEndpoint(services-1, "10.127.0.1"); there || err != nil {
+			t.Errorf("kube-proxy %s: an address never given to the Service is seen (%v)", kp.Node, err)
+		}
+	}
+
 	pids := []int{c.api.pid(), c.etcd.pid()}
 	for _, kp := range kps {
 		pids = append(pids, kp.PID())
