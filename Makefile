@@ -1,11 +1,13 @@
 # kptune: see README.md. `make demo` and `make test` are the two commands a newcomer needs.
 SHELL := /bin/bash
+# A recipe piped into tee fails when the command before the pipe does.
+.SHELLFLAGS := -o pipefail -c
 GO ?= go
 # The kube-proxy builds `make test` runs on: the last release of the old runner and the newest one.
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image fuzz soak bench-smoke setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image fuzz soak bench-smoke bench-churn bench-kptune setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -39,6 +41,16 @@ test: prebuild
 bench-smoke: prebuild
 	KPTUNE_CHURN_RECORD=1 $(GO) test -count=1 -timeout 20m -tags churn -run TestSmoke -v ./test/churn
 
+# The churn bench (test/churn): every workload on kube-proxy at static periods, retuned live by kptune
+# set, and under the adaptive agent, in iptables and nftables mode, at CHURN_SCALE Services x
+# endpoints; then restart against live retune. The report and plots go to bench/churn/. Long: at
+# 5000x10 about 80 minutes a mode. KPTUNE_CHURN_MODES, _SETUPS, _WORKLOADS, _WINDOWS, _WINDOW narrow it.
+CHURN_SCALE ?= 5000x10
+bench-churn: prebuild
+	mkdir -p bench/results/churn
+	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) $(GO) test -count=1 -timeout 600m -tags churn -run 'TestBench|TestTransitions' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_SCALE).log
+	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn
+
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).
 soak: prebuild
@@ -57,11 +69,14 @@ test-matrix:
 	./test/setup.sh --matrix
 	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/inspect/
 
-# Benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):
+# make bench: kptune's own benchmarks, then the churn bench.
+# kptune's benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):
 # inspect's wall time and peak RSS; the memory scan against the uprobe locator; a retune by kptune
 # against perf probe + gdb, side by side. Then what an attached uprobe costs per call, and the agent's
 # own CPU and memory beside a kube-proxy under churn.
-bench: prebuild
+bench: bench-kptune bench-churn
+
+bench-kptune: prebuild
 	./test/setup.sh --bench
 	KPTUNE_BENCH_RECORD=1 $(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-10x} -timeout 90m ./test/bench | tee bench/results/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/probe | tee bench/results/probe.txt

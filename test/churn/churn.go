@@ -1,134 +1,398 @@
 // Package churn is the churn bench: what a sync period costs and buys on a real kube-proxy fed by
-// the real API server. A run starts one kube-proxy at a static minimum sync period, churns
-// EndpointSlices at a steady rate for a window, and measures kube-proxy's CPU with its
-// iptables-restore / nft children (/proc), its syncs (its own metrics), and the time from writing a
-// change to the API server to seeing it in the namespace's rules, measured independently on a probe
-// Service the churn does not touch.
+// the real API server. A setup is one kube-proxy (iptables or nftables mode) at a static minimum
+// sync period, or retuned live by `kptune set`, or left to the adaptive agent; each workload runs
+// on it for a warm-up and then a few measured windows. A window measures kube-proxy's CPU with its
+// iptables-restore / nft children (/proc), its syncs and their durations, the network-programming
+// latency kube-proxy itself reports (its histogram, from the EndpointSlices' trigger-time
+// annotation), the rule programs it ran, and, independently, the time from writing a change of
+// a probe Service to the API server to seeing it in the namespace's rules.
 package churn
 
 import (
 	"context"
 	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/procfs"
 	"kptune/test/testbed"
 )
 
-// Scenario is one steady-churn run.
-type Scenario struct {
-	Services, Endpoints int
-	Rate                float64 // EndpointSlice changes a second, over Services 0..Services-1
-	Mode                string  // iptables or nftables
-	Period              time.Duration
-	Window              time.Duration
-	Probes              int // independent latency samples on the probe Service (index Services)
+// Setup is how the period of the bench's kube-proxy is chosen.
+type Setup struct {
+	Mode   string        `json:"mode"`   // iptables (legacy backend) or nftables
+	Period time.Duration `json:"period"` // the period kube-proxy starts with
+	// RetuneTo, when set, is the period `kptune set` gives the running kube-proxy after each
+	// workload's first window (measured at Period); `kptune reset` ends the workload.
+	RetuneTo time.Duration `json:"retuneTo,omitempty"`
+	// Adaptive, when set, runs `kptune agent` with this configuration (YAML) beside kube-proxy.
+	Adaptive string `json:"adaptive,omitempty"`
 }
 
-// Result is what a run measured.
+// Name labels a setup in tables and plots.
+func (s Setup) Name() string {
+	switch {
+	case s.Adaptive != "":
+		return "adaptive"
+	case s.RetuneTo != 0:
+		return fmt.Sprintf("live %v→%v", s.Period, s.RetuneTo)
+	}
+	return "static " + s.Period.String()
+}
+
+// Options are the bench's windows.
+type Options struct {
+	Build   testbed.Build
+	Windows int // measured windows a workload
+	// Window is a measured window's least length; it is at least three periods.
+	Window time.Duration
+	// Warmup runs each workload before its windows; at least one period. Adaptive setups get
+	// AdaptiveWarmup, long enough for the agent's decisions.
+	Warmup, AdaptiveWarmup time.Duration
+	Probes                 int // probe changes a window (none in the quiet workload)
+	Kptune                 string
+	StateDir               string
+	Log                    func(format string, args ...any)
+}
+
+// Window is one measured window.
+type Window struct {
+	Seconds       float64        `json:"seconds"`
+	Period        time.Duration  `json:"period"` // kube-proxy's period at the end of the window
+	Changes       int64          `json:"changes"`
+	Syncs         uint64         `json:"syncs"`
+	SyncsPerMin   float64        `json:"syncsPerMinute"`
+	SyncSeconds   float64        `json:"syncSeconds"` // time kube-proxy spent in syncs
+	CPUCores      float64        `json:"cpuCores"`    // kube-proxy and its children
+	NetProgP50    float64        `json:"netProgP50"`  // seconds, kube-proxy's histogram; NaN without changes
+	NetProgP99    float64        `json:"netProgP99"`
+	NetProgCount  uint64         `json:"netProgCount"`
+	Probes        []float64      `json:"probeSeconds"` // change written → seen in the rules
+	Execs         map[string]int `json:"execs"`        // rule programs run, by name
+	SyncFailures  float64        `json:"syncFailures"`
+	ProbeMissing  int            `json:"probeMissing"` // probe changes never seen in the rules
+	BeforeRetune  bool           `json:"beforeRetune,omitempty"`
+	RetuneSeconds float64        `json:"retuneSeconds,omitempty"` // kptune set's wall time, before this window
+}
+
+// Result is one workload on one setup.
 type Result struct {
-	Scenario
-	Build         string        `json:"build"`
-	Changes       int64         `json:"changes"`
-	Syncs         uint64        `json:"syncs"`
-	SyncsPerMin   float64       `json:"syncsPerMinute"`
-	CPUCores      float64       `json:"cpuCores"`
-	LatencyP50    time.Duration `json:"latencyP50"`
-	LatencyMax    time.Duration `json:"latencyMax"`
-	Latencies     []time.Duration
-	MissingAtEnd  int `json:"missingServicesAtEnd"`
-	RestoreFailed float64
+	Setup     Setup    `json:"setup"`
+	Name      string   `json:"name"`
+	Workload  Workload `json:"workload"`
+	Services  int      `json:"services"`
+	Endpoints int      `json:"endpoints"`
+	Build     string   `json:"build"`
+	Windows   []Window `json:"windows"`
+	// MissingAtEnd is how many Services were not in the rules a period after the workload.
+	MissingAtEnd int    `json:"missingServicesAtEnd"`
+	Agent        string `json:"agentDecisions,omitempty"`
+	When         string `json:"when"`
 }
 
-// Run runs one scenario on cluster c, whose Load must hold Services+1 Services (the last is the
-// probe) with Endpoints endpoints each.
-func Run(ctx context.Context, c *testbed.Cluster, build testbed.Build, s Scenario) (Result, error) {
-	r := Result{Scenario: s, Build: build.String()}
-	kp, err := c.StartKubeProxy(ctx, testbed.KubeProxyOptions{Build: build, Mode: s.Mode, MinSyncPeriod: s.Period, SyncPeriod: 30 * time.Second})
+// Measured are a result's windows at the setup's settled period: for a live retune, those after it.
+func (r Result) Measured() []Window {
+	var w []Window
+	for _, x := range r.Windows {
+		if !x.BeforeRetune {
+			w = append(w, x)
+		}
+	}
+	return w
+}
+
+// Stat is a median with its spread over windows.
+type Stat struct{ Median, Min, Max float64 }
+
+// Each is f of every window.
+func Each(ws []Window, f func(Window) float64) []float64 {
+	v := make([]float64, len(ws))
+	for i, w := range ws {
+		v[i] = f(w)
+	}
+	return v
+}
+
+// Summarize takes the median, least and greatest of values, ignoring NaN (all NaN without any).
+func Summarize(values []float64) Stat {
+	var v []float64
+	for _, x := range values {
+		if !math.IsNaN(x) {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return Stat{math.NaN(), math.NaN(), math.NaN()}
+	}
+	slices.Sort(v)
+	med := v[len(v)/2]
+	if len(v)%2 == 0 {
+		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return Stat{med, v[0], v[len(v)-1]}
+}
+
+// Run runs the workloads on one kube-proxy of the given setup.
+func Run(ctx context.Context, b Bed, s Setup, workloads []Workload, o Options) ([]Result, error) {
+	kp, err := b.C.StartKubeProxy(ctx, testbed.KubeProxyOptions{
+		Build: o.Build, Mode: s.Mode, MinSyncPeriod: s.Period, SyncPeriod: 30 * time.Second,
+		IPTablesLegacy: s.Mode == testbed.IPTables, CountExecs: true,
+	})
 	if err != nil {
-		return r, err
+		return nil, err
 	}
 	defer kp.Stop()
-	if err := kp.WaitSynced(ctx, 1, 5*time.Minute); err != nil {
-		return r, err
+	if err := kp.WaitSynced(ctx, 1, 15*time.Minute); err != nil {
+		return nil, err
 	}
-	time.Sleep(time.Second) // past the first full sync
-	before, err := kp.Metrics.Scrape(ctx)
-	if err != nil {
-		return r, err
-	}
-	cpu0, err := procfs.CPU(kp.PID())
-	if err != nil {
-		return r, err
-	}
-	start := time.Now()
-	churn, err := c.Churn(ctx, testbed.ChurnOptions{Rate: s.Rate, Services: s.Services, Endpoints: s.Endpoints})
-	if err != nil {
-		return r, err
-	}
-	// Independent latency: a change to the probe Service, polled for in the rules.
-	gap := s.Window / time.Duration(s.Probes+1)
-	for i := 0; i < s.Probes; i++ {
-		time.Sleep(gap / 2)
-		ip, err := c.SetEndpoints(ctx, s.Services, s.Endpoints, int(time.Now().UnixNano()%200)+i)
-		if err != nil {
-			_, _ = churn.Stop()
-			return r, err
+	var agent *testbed.Process
+	if s.Adaptive != "" {
+		if agent, err = startAgent(b.C, kp, s.Adaptive, o); err != nil {
+			return nil, err
 		}
-		written := time.Now()
-		for {
-			rules, err := kp.Rules()
-			if err != nil {
-				_, _ = churn.Stop()
+		defer agent.Stop()
+	}
+	var results []Result
+	for _, w := range workloads {
+		r, err := runWorkload(ctx, b, kp, s, w, o)
+		if agent != nil {
+			r.Agent = decisions(agent.Log())
+		}
+		if err != nil {
+			return results, fmt.Errorf("%s, %s: %w", s.Name(), w.Name, err)
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func startAgent(c *testbed.Cluster, kp *testbed.KubeProxy, config string, o Options) (*testbed.Process, error) {
+	dir := filepath.Join(o.StateDir, kp.Node+"-agent")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+		return nil, err
+	}
+	return c.StartInControlPlane("kptune-agent "+kp.Node, o.Kptune, "agent", "--config", file, "--node-name", kp.Node,
+		"--listen", "", "--interval", "1s", "--state-dir", filepath.Join(dir, "state"))
+}
+
+// decisions are the agent's logged period changes.
+func decisions(log string) string {
+	b, _ := os.ReadFile(log)
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `"msg":"decision"`) && strings.Contains(line, "→") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w Workload, o Options) (Result, error) {
+	r := Result{Setup: s, Name: s.Name(), Workload: w, Services: b.Services, Endpoints: b.Endpoints,
+		Build: o.Build.String() + " " + s.Mode, When: time.Now().UTC().Format(time.RFC3339)}
+	if s.Mode == testbed.IPTables {
+		r.Build += " (legacy backend)"
+	}
+	churn, err := b.Start(ctx, w)
+	if err != nil {
+		return r, err
+	}
+	stop := func() error {
+		if churn == nil {
+			return nil
+		}
+		_, err := churn.Stop()
+		churn = nil
+		return err
+	}
+	defer stop()
+	period := s.Period
+	warmup := max(o.Warmup, period)
+	if s.Adaptive != "" {
+		warmup = o.AdaptiveWarmup
+	}
+	windows := o.Windows
+	if s.RetuneTo != 0 {
+		windows++ // the first at the starting period
+	}
+	o.Log("%s, %s: warm-up %v, %d windows", s.Name(), w.Name, warmup, windows)
+	time.Sleep(warmup)
+	var retuned float64
+	for i := 0; i < windows; i++ {
+		if s.RetuneTo != 0 && i == 1 {
+			t0 := time.Now()
+			if out, err := kptune(ctx, o, "set", "--pid", fmt.Sprint(kp.PID()), "--min-sync-period", s.RetuneTo.String()); err != nil {
+				return r, fmt.Errorf("kptune set: %v: %s", err, out)
+			}
+			retuned = time.Since(t0).Seconds()
+			period = s.RetuneTo
+			time.Sleep(max(o.Warmup, period))
+		}
+		if s.Adaptive != "" {
+			if period, err = currentPeriod(ctx, kp); err != nil {
 				return r, err
 			}
-			if strings.Contains(rules, ip+"/32") || strings.Contains(rules, ip+" ") {
-				break
-			}
-			if time.Since(written) > 2*time.Minute {
-				_, _ = churn.Stop()
-				return r, fmt.Errorf("period %v: a change to the probe Service never reached the rules", s.Period)
-			}
-			time.Sleep(20 * time.Millisecond)
 		}
-		r.Latencies = append(r.Latencies, time.Since(written))
-		time.Sleep(gap / 2)
+		win, err := measure(ctx, b, kp, w, max(o.Window, 3*period), o.Probes)
+		if err != nil {
+			return r, err
+		}
+		win.Period = period
+		if s.Adaptive != "" {
+			if win.Period, err = currentPeriod(ctx, kp); err != nil {
+				return r, err
+			}
+		}
+		win.BeforeRetune = s.RetuneTo != 0 && i == 0
+		if s.RetuneTo != 0 && i == 1 {
+			win.RetuneSeconds = retuned
+		}
+		o.Log("%s, %s: window %d: %.1f syncs/min, %.3f cores, net prog p50 %.2fs, %d changes, probes %v",
+			s.Name(), w.Name, i, win.SyncsPerMin, win.CPUCores, win.NetProgP50, win.Changes, win.Probes)
+		r.Windows = append(r.Windows, win)
 	}
-	if rest := s.Window - time.Since(start); rest > 0 {
-		time.Sleep(rest)
-	}
-	window := time.Since(start)
-	if r.Changes, err = churn.Stop(); err != nil {
+	if err := stop(); err != nil {
 		return r, err
 	}
-	after, err := kp.Metrics.Scrape(ctx)
-	if err != nil {
-		return r, err
-	}
-	cpu1, err := procfs.CPU(kp.PID())
-	if err != nil {
-		return r, err
-	}
-	r.Syncs = after.Syncs() - before.Syncs()
-	r.SyncsPerMin = float64(r.Syncs) / window.Minutes()
-	r.CPUCores = (cpu1 - cpu0).Seconds() / window.Seconds()
-	r.RestoreFailed = after.Value(kpmetrics.RestoreFailures) + after.Value(kpmetrics.NFTablesFailures) -
-		before.Value(kpmetrics.RestoreFailures) - before.Value(kpmetrics.NFTablesFailures)
-	r.Window = window
-	if len(r.Latencies) > 0 {
-		l := slices.Clone(r.Latencies)
-		slices.Sort(l)
-		r.LatencyP50, r.LatencyMax = l[(len(l)-1)/2], l[len(l)-1]
-	}
-	// Every change eventually reaches the rules: after two periods, every Service is there.
-	time.Sleep(2*s.Period + time.Second)
+	// The workload's last changes reach the rules within a period and a sync: then every Service
+	// must still be there.
+	time.Sleep(period + 5*time.Second)
 	rules, err := kp.Rules()
 	if err != nil {
 		return r, err
 	}
-	r.MissingAtEnd = len(testbed.MissingServices(rules, s.Services+1))
+	r.MissingAtEnd = len(testbed.MissingServices(rules, b.All()))
+	if s.RetuneTo != 0 {
+		if out, err := kptune(ctx, o, "reset", "--pid", fmt.Sprint(kp.PID())); err != nil {
+			return r, fmt.Errorf("kptune reset: %v: %s", err, out)
+		}
+	}
 	return r, nil
+}
+
+func kptune(ctx context.Context, o Options, args ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, o.Kptune, append(args, "--state-dir", o.StateDir)...).CombinedOutput()
+}
+
+// currentPeriod reads the period kube-proxy's runner holds (the agent may have changed it).
+func currentPeriod(ctx context.Context, kp *testbed.KubeProxy) (time.Duration, error) {
+	p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+	if err != nil {
+		return 0, err
+	}
+	found := p.Found()
+	if len(found) == 0 {
+		return 0, fmt.Errorf("no runner found in kube-proxy %d", kp.PID())
+	}
+	return found[0].MinInterval, nil
+}
+
+// measure runs one window of the running workload.
+func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, length time.Duration, probes int) (Window, error) {
+	var win Window
+	before, err := kp.Metrics.Scrape(ctx)
+	if err != nil {
+		return win, err
+	}
+	cpu0, err := procfs.CPU(kp.PID())
+	if err != nil {
+		return win, err
+	}
+	execs0, err := kp.Execs()
+	if err != nil {
+		return win, err
+	}
+	start := time.Now()
+	changes0 := before.Value(kpmetrics.EndpointChanges)
+	if w == Quiet {
+		probes = 0
+	}
+	// Each probe at a random moment of the first half of its slot of the window, so that probes do
+	// not keep one phase of the sync period.
+	slot := length / time.Duration(max(probes, 1))
+	for i := 0; i < probes; i++ {
+		time.Sleep(max(0, time.Until(start.Add(slot*time.Duration(i)+rand.N(slot/2)))))
+		d, err := probe(ctx, b, kp, i, time.Until(start.Add(length)))
+		if err != nil {
+			return win, err
+		}
+		if d < 0 {
+			win.ProbeMissing++
+		} else {
+			win.Probes = append(win.Probes, d.Seconds())
+		}
+	}
+	time.Sleep(max(0, time.Until(start.Add(length))))
+	elapsed := time.Since(start)
+	after, err := kp.Metrics.Scrape(ctx)
+	if err != nil {
+		return win, err
+	}
+	cpu1, err := procfs.CPU(kp.PID())
+	if err != nil {
+		return win, err
+	}
+	execs1, err := kp.Execs()
+	if err != nil {
+		return win, err
+	}
+	win.Seconds = elapsed.Seconds()
+	win.Changes = int64(after.Value(kpmetrics.EndpointChanges) - changes0)
+	win.Syncs = after.Syncs() - before.Syncs()
+	win.SyncsPerMin = float64(win.Syncs) / elapsed.Minutes()
+	_, sum0 := before.Histogram(kpmetrics.SyncDuration)
+	_, sum1 := after.Histogram(kpmetrics.SyncDuration)
+	win.SyncSeconds = sum1 - sum0
+	win.CPUCores = (cpu1 - cpu0).Seconds() / elapsed.Seconds()
+	nb, na := before.Buckets(kpmetrics.NetworkProgramming), after.Buckets(kpmetrics.NetworkProgramming)
+	win.NetProgP50, win.NetProgP99 = kpmetrics.Quantile(0.5, nb, na), kpmetrics.Quantile(0.99, nb, na)
+	if len(na) > 0 && len(nb) == len(na) {
+		win.NetProgCount = na[len(na)-1].Count - nb[len(nb)-1].Count
+	}
+	win.SyncFailures = after.Value(kpmetrics.RestoreFailures) + after.Value(kpmetrics.NFTablesFailures) -
+		before.Value(kpmetrics.RestoreFailures) - before.Value(kpmetrics.NFTablesFailures)
+	win.Execs = map[string]int{}
+	for name, n := range execs1 {
+		if d := n - execs0[name]; d > 0 {
+			win.Execs[name] = d
+		}
+	}
+	return win, nil
+}
+
+// probe changes the probe Service and waits until its new address is in kube-proxy's rules: the
+// time from the write to the API server to the rules, or -1 if it is not there within limit (and
+// within a minute).
+func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, n int, limit time.Duration) (time.Duration, error) {
+	ip, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, int(time.Now().UnixNano()%200)+n)
+	if err != nil {
+		return 0, err
+	}
+	written := time.Now()
+	limit = max(limit, time.Minute)
+	for {
+		there, err := kp.HasEndpoint(b.Probe(), ip)
+		if err != nil {
+			return 0, err
+		}
+		if there {
+			return time.Since(written), nil
+		}
+		if time.Since(written) > limit {
+			return -1, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

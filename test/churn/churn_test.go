@@ -8,57 +8,216 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"kptune/test/testbed"
 )
 
-// TestSmoke is `make bench-smoke`: the steady-churn scenario at 200 Services × 5 endpoints, 10
-// changes a second, on kube-proxy v1.33.5 (iptables) at static periods of 1s, 2s and 5s. It asserts
-// the physics, not timings: syncs per minute fall as the period rises and never exceed what the
-// token bucket allows (60/period + its burst of 2 a window), no sync fails, and every change reaches
-// the rules (the probe Service's changes are seen in them, and every Service is there at the end).
-// With KPTUNE_CHURN_RECORD set, each run's figures go to bench/results/churn/.
-func TestSmoke(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and iptables")
+func options(t *testing.T) Options {
+	kptune, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
 	}
+	return Options{
+		Build: testbed.Build{Version: env("KPTUNE_CHURN_BUILD", "v1.33.5")}, Windows: envInt("KPTUNE_CHURN_WINDOWS", 3),
+		Window: envDuration("KPTUNE_CHURN_WINDOW", 15*time.Second), Warmup: envDuration("KPTUNE_CHURN_WARMUP", 5*time.Second),
+		AdaptiveWarmup: envDuration("KPTUNE_CHURN_ADAPTIVE_WARMUP", 60*time.Second), Probes: envInt("KPTUNE_CHURN_PROBES", 3),
+		Kptune: kptune, StateDir: t.TempDir(), Log: t.Logf,
+	}
+}
+
+// TestSmoke is `make bench-smoke`: steady churn at 200 Services × 5 endpoints, 10 changes a second,
+// on kube-proxy v1.33.5 (iptables) at static periods of 1s, 2s and 5s. It asserts the physics, not
+// timings: syncs per minute fall as the period rises and never exceed what the token bucket allows
+// (60/period + its burst of 2 a window), no sync fails, and every change reaches the rules (the
+// probe Service's changes are seen in them, and every Service is there at the end).
+// With KPTUNE_CHURN_RECORD set, the results go to bench/results/churn/smoke/.
+func TestSmoke(t *testing.T) {
+	needRoot(t)
 	ctx := context.Background()
-	const services, endpoints = 200, 5
-	c, _ := testbed.Start(t, services+1, endpoints) // the last is the probe Service
-	build := testbed.Build{Version: "v1.33.5"}
+	b := Bed{Services: 200, Endpoints: 5}
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o := options(t)
+	o.Windows, o.Window, o.Probes = 1, 40*time.Second, 4
 	var results []Result
 	for _, period := range []time.Duration{time.Second, 2 * time.Second, 5 * time.Second} {
-		r, err := Run(ctx, c, build, Scenario{Services: services, Endpoints: endpoints, Rate: 10, Mode: testbed.IPTables,
-			Period: period, Window: 40 * time.Second, Probes: 4})
+		rs, err := Run(ctx, b, Setup{Mode: testbed.IPTables, Period: period}, []Workload{Steady(10)}, o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("period %v: %.1f syncs/min, %.3f cores, change→rules p50 %v max %v, %d changes, %d Services missing at the end",
-			period, r.SyncsPerMin, r.CPUCores, r.LatencyP50.Round(time.Millisecond), r.LatencyMax.Round(time.Millisecond), r.Changes, r.MissingAtEnd)
-		if limit := 60/period.Seconds() + 2*60/r.Window.Seconds(); r.SyncsPerMin > limit {
-			t.Errorf("period %v: %.1f syncs/min, more than the token bucket allows (%.1f)", period, r.SyncsPerMin, limit)
+		r, w := rs[0], rs[0].Windows[0]
+		if limit := 60/period.Seconds() + 2*60/w.Seconds; w.SyncsPerMin > limit {
+			t.Errorf("period %v: %.1f syncs/min, more than the token bucket allows (%.1f)", period, w.SyncsPerMin, limit)
 		}
-		if len(results) > 0 && r.SyncsPerMin >= results[len(results)-1].SyncsPerMin {
-			t.Errorf("period %v: %.1f syncs/min, not fewer than at %v (%.1f)", period, r.SyncsPerMin, results[len(results)-1].Period, results[len(results)-1].SyncsPerMin)
+		if len(results) > 0 {
+			if prev := results[len(results)-1]; w.SyncsPerMin >= prev.Windows[0].SyncsPerMin {
+				t.Errorf("period %v: %.1f syncs/min, not fewer than at %v (%.1f)", period, w.SyncsPerMin, prev.Setup.Period, prev.Windows[0].SyncsPerMin)
+			}
 		}
-		if r.RestoreFailed != 0 || r.MissingAtEnd != 0 || len(r.Latencies) != 4 {
-			t.Errorf("period %v: %v failed syncs, %d Services missing, %d of 4 probe changes seen", period, r.RestoreFailed, r.MissingAtEnd, len(r.Latencies))
+		if w.SyncFailures != 0 || r.MissingAtEnd != 0 || w.ProbeMissing != 0 || len(w.Probes) != o.Probes {
+			t.Errorf("period %v: %v failed syncs, %d Services missing, %d of %d probe changes seen", period, w.SyncFailures, r.MissingAtEnd, len(w.Probes), o.Probes)
+		}
+		if w.Execs["iptables-restore"] < int(w.Syncs) {
+			t.Errorf("period %v: %d syncs but %v rule programs counted", period, w.Syncs, w.Execs)
 		}
 		results = append(results, r)
 	}
+	record(t, "smoke", results)
+}
+
+// TestBench is `make bench-churn`: every workload on every setup — static periods, a live retune
+// by kptune set, the adaptive agent — in each mode, at KPTUNE_CHURN_SCALE (5000x10 by default).
+// Results are written one file per workload and setup as they come, to
+// bench/results/churn/SCALE/, from which `go run ./test/cmd/benchplot` draws the tables and plots.
+func TestBench(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	var b Bed
+	scale := env("KPTUNE_CHURN_SCALE", "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
+		t.Fatalf("KPTUNE_CHURN_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
+	}
+	var workloads []Workload
+	for _, name := range strings.Split(env("KPTUNE_CHURN_WORKLOADS", "quiet,steady-1,steady-10,steady-50,scale-down,rolling"), ",") {
+		w, err := ParseWorkload(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		workloads = append(workloads, w)
+	}
+	var setups []Setup
+	for _, mode := range strings.Split(env("KPTUNE_CHURN_MODES", "iptables,nftables"), ",") {
+		for _, p := range strings.Split(env("KPTUNE_CHURN_SETUPS", "100ms,1s,2s,5s,10s,30s,live,adaptive"), ",") {
+			switch p {
+			case "live":
+				setups = append(setups, Setup{Mode: mode, Period: time.Second, RetuneTo: 10 * time.Second})
+			case "adaptive":
+				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_CHURN_ADAPTIVE",
+					"policy: adaptive\nbudget: 0.05\nfloor: 1s\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
+			default:
+				d, err := time.ParseDuration(p)
+				if err != nil {
+					t.Fatalf("KPTUNE_CHURN_SETUPS: %v", err)
+				}
+				setups = append(setups, Setup{Mode: mode, Period: d})
+			}
+		}
+	}
+	t0 := time.Now()
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	o := options(t)
+	for _, s := range setups {
+		rs, err := Run(ctx, b, s, workloads, o)
+		record(t, scale, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			for _, w := range r.Windows {
+				if w.SyncFailures != 0 || w.ProbeMissing != 0 {
+					t.Errorf("%s, %s: %v failed syncs, %d probe changes never seen", r.Name, r.Workload.Name, w.SyncFailures, w.ProbeMissing)
+				}
+			}
+			if r.MissingAtEnd != 0 {
+				t.Errorf("%s, %s: %d Services missing from the rules at the end", r.Name, r.Workload.Name, r.MissingAtEnd)
+			}
+		}
+	}
+}
+
+func record(t *testing.T, dir string, results []Result) {
+	if os.Getenv("KPTUNE_CHURN_RECORD") == "" {
+		return
+	}
+	dir = filepath.Join(testbed.RepoRoot(), "bench", "results", "churn", dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		b, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.NewReplacer(" ", "-", "→", "-to-").Replace(fmt.Sprintf("%s-%s-%s.json", r.Setup.Mode, r.Name, r.Workload.Name))
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, iptables and ptrace")
+	}
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// TestTransitions is part of `make bench-churn`: restarting kube-proxy with a new period against
+// `kptune set`, under 10 changes a second, in each mode.
+func TestTransitions(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	var b Bed
+	scale := env("KPTUNE_CHURN_SCALE", "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil {
+		t.Fatalf("KPTUNE_CHURN_SCALE=%q: want SERVICESxENDPOINTS", scale)
+	}
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o := options(t)
+	var all []Transition
+	for _, mode := range strings.Split(env("KPTUNE_CHURN_MODES", "iptables,nftables"), ",") {
+		ts, err := Transitions(ctx, b, mode, time.Second, 5*time.Second, 10, o)
+		all = append(all, ts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range ts {
+			if x.SyncsAfter < 2 || x.ProbeSeconds <= 0 {
+				t.Errorf("%s %s: %d syncs after the change, probe %.2fs", mode, x.How, x.SyncsAfter, x.ProbeSeconds)
+			}
+		}
+	}
 	if os.Getenv("KPTUNE_CHURN_RECORD") != "" {
-		dir := filepath.Join(testbed.RepoRoot(), "bench", "results", "churn")
+		out, _ := json.MarshalIndent(all, "", "  ")
+		dir := filepath.Join(testbed.RepoRoot(), "bench", "results", "churn", scale)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range results {
-			b, _ := json.MarshalIndent(r, "", "  ")
-			name := fmt.Sprintf("smoke-steady-%dx%d-%s-%s.json", r.Services, r.Endpoints, r.Mode, r.Period)
-			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
+		if err := os.WriteFile(filepath.Join(dir, "transitions.json"), out, 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
