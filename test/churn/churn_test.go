@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -116,6 +118,9 @@ func TestBench(t *testing.T) {
 	}
 	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
 	o := options(t)
+	if os.Getenv("KPTUNE_CHURN_RECORD") != "" {
+		recordMachine(t, scale, o)
+	}
 	for _, s := range setups {
 		rs, err := Run(ctx, b, s, workloads, o)
 		record(t, scale, rs)
@@ -153,6 +158,51 @@ func record(t *testing.T, dir string, results []Result) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// recordMachine writes what the bench ran on and with to machine.json beside the results.
+func recordMachine(t *testing.T, scale string, o Options) {
+	run := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return err.Error()
+		}
+		return strings.TrimSpace(string(out))
+	}
+	var mem string
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		mem, _, _ = strings.Cut(string(b), "\n")
+	}
+	m := map[string]string{
+		"command":   "make bench-churn CHURN_SCALE=" + scale + " (" + strings.Join(churnEnv(), " ") + ")",
+		"cpus":      fmt.Sprint(runtime.NumCPU()),
+		"memory":    strings.Join(strings.Fields(mem), " "),
+		"kernel":    run("uname", "-sr"),
+		"go":        runtime.Version(),
+		"kubeProxy": o.Build.String() + ", built by test/kubeproxy/build.sh",
+		"iptables":  run("iptables-legacy", "--version"),
+		"nft":       run("nft", "--version"),
+		"when":      time.Now().UTC().Format(time.RFC3339),
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	dir := filepath.Join(testbed.RepoRoot(), "bench", "results", "churn", scale)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "machine.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// churnEnv is the KPTUNE_CHURN_* settings the run was given.
+func churnEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "KPTUNE_CHURN_") && !strings.HasPrefix(kv, "KPTUNE_CHURN_RECORD=") && !strings.HasPrefix(kv, "KPTUNE_CHURN_SCALE=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func needRoot(t *testing.T) {

@@ -121,8 +121,8 @@ func endpointSlice(i, n, generation int) *discoveryv1.EndpointSlice {
 }
 
 // SetEndpoints replaces Service i's endpoints with generation gen of its addresses (as one churn
-// change does) and returns the first new address, which appears in the rules once kube-proxy has
-// programmed the change.
+// change does) and returns the first new address (none when endpoints is 0), which appears in the
+// rules once kube-proxy has programmed the change.
 func (c *Cluster) SetEndpoints(ctx context.Context, i, endpoints, gen int) (string, error) {
 	slice := endpointSlice(i, endpoints, gen)
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -134,6 +134,9 @@ func (c *Cluster) SetEndpoints(ctx context.Context, i, endpoints, gen int) (stri
 		_, err = c.Client.DiscoveryV1().EndpointSlices(LoadNamespace).Update(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
+	if len(slice.Endpoints) == 0 {
+		return "", err
+	}
 	return slice.Endpoints[0].Addresses[0], err
 }
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -53,7 +54,13 @@ func run(in, out string) error {
 		return err
 	}
 	defer f.Close()
-	return report(f, out, results, transitions)
+	var machine map[string]string
+	if b, err := os.ReadFile(filepath.Join(in, "machine.json")); err == nil {
+		if err := json.Unmarshal(b, &machine); err != nil {
+			return fmt.Errorf("machine.json: %w", err)
+		}
+	}
+	return report(f, out, results, transitions, machine)
 }
 
 func load(dir string) ([]churn.Result, []churn.Transition, error) {
@@ -67,6 +74,9 @@ func load(dir string) ([]churn.Result, []churn.Transition, error) {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, nil, err
+		}
+		if filepath.Base(file) == "machine.json" {
+			continue
 		}
 		if filepath.Base(file) == "transitions.json" {
 			if err := json.Unmarshal(b, &transitions); err != nil {
@@ -206,12 +216,20 @@ func spread(s churn.Stat, format string) string {
 	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.Median, s.Min, s.Max)
 }
 
-func report(w io.Writer, dir string, results []churn.Result, transitions []churn.Transition) error {
+func report(w io.Writer, dir string, results []churn.Result, transitions []churn.Transition, machine map[string]string) error {
 	gs := groups(results)
 	r0 := results[0]
 	fmt.Fprintf(w, "# The churn bench: %d Services × %d endpoints\n\n", r0.Services, r0.Endpoints)
 	fmt.Fprintf(w, "kube-proxy %s, fed by the test bed's real kube-apiserver and etcd, on this machine. Each cell is the median over the measured windows (%d a workload), with the least and greatest in brackets; a window lasts at least 15 s and three periods. CPU is kube-proxy's with its iptables-restore / nft children, in cores. Latency is kube-proxy's own network-programming latency (its histogram, from the EndpointSlices' trigger time; p50 and p99 interpolated within its buckets, which are 0.25 s wide below 1 s and 1 s wide above); the probe column times a change to a probe Service from its write to the API server to its address in the namespace's rules, measured outside kube-proxy. Rule programs are iptables-restore and nft runs a minute. Written by `go run ./test/cmd/benchplot` from the JSON beside it; the runs by `make bench-churn`.\n\n",
 		strings.TrimSuffix(r0.Build, " "+r0.Setup.Mode), len(r0.Windows))
+	if len(machine) > 0 {
+		keys := slices.Sorted(maps.Keys(machine))
+		fmt.Fprintf(w, "| ran on and with | |\n|---|---|\n")
+		for _, k := range keys {
+			fmt.Fprintf(w, "| %s | %s |\n", k, strings.ReplaceAll(machine[k], "\n", " "))
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "![CPU against the period](cpu.svg)\n![latency against the period](latency.svg)\n\n")
 	fmt.Fprintf(w, "## Adaptive against every static period\n\n")
 	fmt.Fprintf(w, "| mode | workload | adaptive: period held, CPU, p50 | 1s: CPU | CPU cut vs 1s | dominated by (lower CPU and lower p50) |\n|---|---|---|---|---|---|\n")

@@ -32,7 +32,7 @@ func TestReport(t *testing.T) {
 	}
 	dir := t.TempDir()
 	var out bytes.Buffer
-	if err := report(&out, dir, results, nil); err != nil {
+	if err := report(&out, dir, results, nil, map[string]string{"cpus": "2"}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "| iptables | steady-10 | 1s, 0.250, 3.00 s | 0.900 | 3.6× | none |") {
@@ -41,7 +41,7 @@ func TestReport(t *testing.T) {
 	// Now a static period beats it on both.
 	results = append(results, result("static 2s", static(2*time.Second), 0.24, 2.0))
 	out.Reset()
-	if err := report(&out, dir, results, nil); err != nil {
+	if err := report(&out, dir, results, nil, map[string]string{"cpus": "2"}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "| 3.6× | static 2s |") {
@@ -49,6 +49,9 @@ func TestReport(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "| static 5s | 5s | 0.200 (0.190–0.210) |") {
 		t.Errorf("the table does not give the median with its spread:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "| cpus | 2 |") {
+		t.Errorf("the machine is not in the report")
 	}
 	for _, f := range []string{"cpu.svg", "latency.svg", "frontier-iptables-steady-10.svg"} {
 		if b, err := os.ReadFile(filepath.Join(dir, f)); err != nil || !bytes.Contains(b, []byte("<svg")) {
