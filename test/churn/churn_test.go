@@ -95,13 +95,13 @@ func TestBench(t *testing.T) {
 	}
 	var setups []Setup
 	for _, mode := range strings.Split(env("KPTUNE_CHURN_MODES", "iptables,nftables"), ",") {
-		for _, p := range strings.Split(env("KPTUNE_CHURN_SETUPS", "100ms,1s,2s,5s,10s,30s,live,adaptive"), ",") {
+		for _, p := range strings.Split(env("KPTUNE_CHURN_SETUPS", "1s,adaptive,5s,live,2s,10s,100ms,30s"), ",") {
 			switch p {
 			case "live":
 				setups = append(setups, Setup{Mode: mode, Period: time.Second, RetuneTo: 10 * time.Second})
 			case "adaptive":
 				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_CHURN_ADAPTIVE",
-					"policy: adaptive\nbudget: 0.05\nfloor: 1s\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
+					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
 			default:
 				d, err := time.ParseDuration(p)
 				if err != nil {
