@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian machine: the netfilter tools kube-proxy runs
-# (iptables, nftables, conntrack), iproute2 for network namespaces, and the Go module downloads.
+# (iptables, nftables, conntrack), iproute2 for network namespaces, buildah (builds the agent's image
+# from the Dockerfile without a daemon), and the Go module downloads.
 # Idempotent and quick when everything is present. With --matrix it also installs Debian's Go 1.19,
 # which `make test-matrix` builds the kube-proxy releases of that era with. With --bench it installs
 # perf and gdb (the approach the retune benchmark compares against) and mounts tracefs for perf probe.
@@ -16,7 +17,7 @@ done
 die() { echo "setup.sh: $*" >&2; exit 1; }
 command -v go >/dev/null || die "no go command on PATH: install Go 1.26 first (https://go.dev/dl)"
 need=()
-for pair in ip:iproute2 iptables:iptables ip6tables:iptables nft:nftables conntrack:conntrack modprobe:kmod; do
+for pair in ip:iproute2 iptables:iptables ip6tables:iptables nft:nftables conntrack:conntrack modprobe:kmod buildah:buildah; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 [ $matrix = 1 ] && [ ! -x /usr/lib/go-1.19/bin/go ] && need+=(golang-1.19)
