@@ -71,6 +71,9 @@ type tracee struct {
 }
 
 func do(pid int, fn func() error) (st Stats, err error) {
+	// Precise naps while this thread waits for the stop; 0 restores the thread's default slack.
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
 	seized := map[int]*tracee{}
 	var first time.Time
 	defer func() {
@@ -196,9 +199,15 @@ func wait(pid int, t *tracee) error {
 		}
 		// Sleep rather than spin: on a busy machine a spinning tracer takes the CPU from the very
 		// threads it waits for (measured: stop p50 375 → 250 µs idle with BenchmarkStop).
-		time.Sleep(10 * time.Microsecond)
+		nap()
 	}
 }
+
+// nap pauses the tracing thread between polls. It sleeps in the kernel on this very thread, with
+// the thread's timer slack at 1 ns for the stop (see do): the runtime's time.Sleep parks the
+// goroutine and wakes the locked thread through the scheduler, late under load
+// (BenchmarkStop/sleep=runtime against sleep=thread).
+var nap = func() { _ = unix.Nanosleep(&unix.Timespec{Nsec: 10_000}, nil) }
 
 // threadState is the state letter of a thread (/proc/PID/task/TID/stat), or 0.
 func threadState(pid, tid int) byte {

@@ -277,10 +277,23 @@ func BenchmarkStop(b *testing.B) {
 			defer busy.Process.Kill()
 		}
 	}
+	for _, sleep := range []string{"runtime", "thread"} {
+		b.Run("sleep="+sleep, func(b *testing.B) {
+			if sleep == "runtime" {
+				saved := nap
+				nap = func() { time.Sleep(10 * time.Microsecond) }
+				defer func() { nap = saved }()
+			}
+			benchStop(b, f.PID)
+		})
+	}
+}
+
+func benchStop(b *testing.B, pid int) {
 	var stops []time.Duration
 	var stopping time.Duration
 	for b.Loop() {
-		st, err := Do(f.PID, func() error { return nil })
+		st, err := Do(pid, func() error { return nil })
 		if err != nil {
 			b.Fatal(err)
 		}
