@@ -79,43 +79,51 @@ func (b Bed) Load(ctx context.Context) error {
 
 // Start starts a workload; nil for Quiet.
 func (b Bed) Start(ctx context.Context, w Workload) (*testbed.Churner, error) {
-	set := func(n, gen int) func(context.Context) error {
-		return func(ctx context.Context) error {
-			_, err := b.C.SetEndpoints(ctx, b.Deploy(), n, gen)
-			return err
-		}
-	}
 	switch {
 	case w == Quiet:
 		return nil, nil
 	case w.Rate > 0:
 		return b.C.Churn(ctx, testbed.ChurnOptions{Rate: w.Rate, Services: b.Services, Endpoints: b.Endpoints})
-	case w == ScaleDown:
-		// A cycle: 100 removals 50 ms apart, 2 s at zero, back to 100, 2 s.
-		const cycle = DeployEndpoints + 1
+	case w == ScaleDown || w == Rolling:
 		return testbed.Drive(ctx, 1, func(n int) testbed.Step {
-			gen := n / cycle // fresh addresses each cycle
-			switch k := n % cycle; {
-			case k < DeployEndpoints-1:
-				return testbed.Step{Change: set(DeployEndpoints-1-k, gen), Next: 50 * time.Millisecond}
-			case k == DeployEndpoints-1:
-				return testbed.Step{Change: set(0, gen), Next: 2 * time.Second}
-			default:
-				return testbed.Step{Change: set(DeployEndpoints, gen+1), Next: 2 * time.Second}
-			}
-		}), nil
-	case w == Rolling:
-		// A wave: the window of addresses grows by 25 at its end, then sheds 25 at its start.
-		const surge = DeployEndpoints / 4
-		return testbed.Drive(ctx, 1, func(n int) testbed.Step {
-			wave, k := n/(2*surge), n%(2*surge)
-			start := wave * surge
-			if k < surge {
-				return testbed.Step{Change: set(DeployEndpoints+k+1, start), Next: 100 * time.Millisecond}
-			}
-			gone := k - surge + 1
-			return testbed.Step{Change: set(DeployEndpoints+surge-gone, start+gone), Next: 100 * time.Millisecond}
+			s := deployStep(w, n)
+			return testbed.Step{Next: s.next, Change: func(ctx context.Context) error {
+				_, err := b.C.SetEndpoints(ctx, b.Deploy(), s.endpoints, s.gen)
+				return err
+			}}
 		}), nil
 	}
 	return nil, fmt.Errorf("unknown workload %+v", w)
+}
+
+// step is the n-th state of the Deployment's EndpointSlice: endpoints addresses from window gen
+// (see testbed.SetEndpoints), and the time to the next step.
+type step struct {
+	endpoints, gen int
+	next           time.Duration
+}
+
+func deployStep(w Workload, n int) step {
+	if w == ScaleDown {
+		// A cycle: 100 removals 50 ms apart, 2 s at zero, back to 100 (new pods, new addresses), 2 s.
+		const cycle = DeployEndpoints + 1
+		gen, k := n/cycle, n%cycle
+		switch {
+		case k < DeployEndpoints-1:
+			return step{DeployEndpoints - 1 - k, gen, 50 * time.Millisecond}
+		case k == DeployEndpoints-1:
+			return step{0, gen, 2 * time.Second}
+		}
+		return step{DeployEndpoints, gen + 1, 2 * time.Second}
+	}
+	// Rolling, a wave: the window of addresses grows by 25 new ones at its end, one at a time, then
+	// sheds 25 old ones at its start.
+	const surge = DeployEndpoints / 4
+	wave, k := n/(2*surge), n%(2*surge)
+	start := wave * surge
+	if k < surge {
+		return step{DeployEndpoints + k + 1, start, 100 * time.Millisecond}
+	}
+	gone := k - surge + 1
+	return step{DeployEndpoints + surge - gone, start + gone, 100 * time.Millisecond}
 }
