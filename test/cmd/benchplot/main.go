@@ -187,16 +187,22 @@ func rank(p point) int {
 func static(p point) bool { return p.r.Setup.Adaptive == "" && p.r.Setup.RetuneTo == 0 }
 
 // dominated names the static setups better than p on both CPU and p50 latency (medians); where
-// nothing changed (no latency) on CPU alone.
+// nothing changed (no latency) on CPU alone. A name is marked when the two overlap on an axis
+// (one's range of windows reaches into the other's): better by the medians, but within the spread.
 func dominated(p point, g group) []string {
 	var by []string
+	apart := func(a, b churn.Stat) bool { return a.Max < b.Min }
 	for _, q := range g.points {
 		if !static(q) {
 			continue
 		}
 		noLatency := math.IsNaN(p.latency.Median) || math.IsNaN(q.latency.Median)
 		if q.cpu.Median < p.cpu.Median && (noLatency || q.latency.Median < p.latency.Median) {
-			by = append(by, q.r.Name)
+			name := q.r.Name
+			if !apart(q.cpu, p.cpu) || (!noLatency && !apart(q.latency, p.latency)) {
+				name += " (within the spread)"
+			}
+			by = append(by, name)
 		}
 	}
 	return by

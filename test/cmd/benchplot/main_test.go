@@ -38,14 +38,23 @@ func TestReport(t *testing.T) {
 	if !strings.Contains(out.String(), "| iptables | steady-10 | 1s, 0.250, 3.00 s | 0.900 | 3.6× | none |") {
 		t.Errorf("adaptive on the frontier not reported as undominated:\n%s", out.String())
 	}
-	// Now a static period beats it on both.
+	// Now a static period beats it on both, by less than the spread of its windows.
 	results = append(results, result("static 2s", static(2*time.Second), 0.24, 2.0))
 	out.Reset()
 	if err := report(&out, dir, results, nil, map[string]string{"cpus": "2"}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "| 3.6× | static 2s |") {
-		t.Errorf("adaptive dominated by static 2s, not reported so:\n%s", out.String())
+	if !strings.Contains(out.String(), "| 3.6× | static 2s (within the spread) |") {
+		t.Errorf("adaptive dominated by static 2s within the spread, not reported so:\n%s", out.String())
+	}
+	// And one by far.
+	results = append(results, result("static 3s", static(3*time.Second), 0.1, 1.5))
+	out.Reset()
+	if err := report(&out, dir, results, nil, map[string]string{"cpus": "2"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "| 3.6× | static 2s (within the spread), static 3s |") {
+		t.Errorf("adaptive dominated by static 3s beyond the spread, not reported so:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "| static 5s | 5s | 0.200 (0.190–0.210) |") {
 		t.Errorf("the table does not give the median with its spread:\n%s", out.String())
