@@ -10,6 +10,7 @@ package churn
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -72,8 +73,8 @@ type Window struct {
 	SyncsPerMin   float64        `json:"syncsPerMinute"`
 	SyncSeconds   float64        `json:"syncSeconds"` // time kube-proxy spent in syncs
 	CPUCores      float64        `json:"cpuCores"`    // kube-proxy and its children
-	NetProgP50    float64        `json:"netProgP50"`  // seconds, kube-proxy's histogram; NaN without changes
-	NetProgP99    float64        `json:"netProgP99"`
+	NetProgP50    Maybe          `json:"netProgP50"`  // seconds, kube-proxy's histogram; NaN without changes
+	NetProgP99    Maybe          `json:"netProgP99"`
 	NetProgCount  uint64         `json:"netProgCount"`
 	Probes        []float64      `json:"probeSeconds"` // change written → seen in the rules
 	Execs         map[string]int `json:"execs"`        // rule programs run, by name
@@ -81,6 +82,26 @@ type Window struct {
 	ProbeMissing  int            `json:"probeMissing"` // probe changes never seen in the rules
 	BeforeRetune  bool           `json:"beforeRetune,omitempty"`
 	RetuneSeconds float64        `json:"retuneSeconds,omitempty"` // kptune set's wall time, before this window
+}
+
+// Maybe is a figure that may be missing (NaN), written as null in JSON, which has no NaN.
+type Maybe float64
+
+// MarshalJSON implements json.Marshaler.
+func (m Maybe) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(m)) || math.IsInf(float64(m), 0) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(m))
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (m *Maybe) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*m = Maybe(math.NaN())
+		return nil
+	}
+	return json.Unmarshal(b, (*float64)(m))
 }
 
 // Result is one workload on one setup.
@@ -357,7 +378,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	win.SyncSeconds = sum1 - sum0
 	win.CPUCores = (cpu1 - cpu0).Seconds() / elapsed.Seconds()
 	nb, na := before.Buckets(kpmetrics.NetworkProgramming), after.Buckets(kpmetrics.NetworkProgramming)
-	win.NetProgP50, win.NetProgP99 = kpmetrics.Quantile(0.5, nb, na), kpmetrics.Quantile(0.99, nb, na)
+	win.NetProgP50, win.NetProgP99 = Maybe(kpmetrics.Quantile(0.5, nb, na)), Maybe(kpmetrics.Quantile(0.99, nb, na))
 	if len(na) > 0 && len(nb) == len(na) {
 		win.NetProgCount = na[len(na)-1].Count - nb[len(nb)-1].Count
 	}

@@ -1,6 +1,9 @@
 package churn
 
 import (
+	"encoding/json"
+	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +59,20 @@ func TestParseWorkload(t *testing.T) {
 		if _, err := ParseWorkload(bad); err == nil {
 			t.Errorf("ParseWorkload(%q) accepted", bad)
 		}
+	}
+}
+
+func TestWindowJSON(t *testing.T) {
+	in := Window{NetProgP50: Maybe(math.NaN()), NetProgP99: 1.5}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out Window
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !math.IsNaN(float64(out.NetProgP50)) || out.NetProgP99 != 1.5 || !strings.Contains(string(b), `"netProgP50":null`) {
+		t.Errorf("%s read back as %+v", b, out)
 	}
 }

@@ -107,8 +107,8 @@ func reduce(r churn.Result) point {
 	stat := func(f func(churn.Window) float64) churn.Stat { return churn.Summarize(churn.Each(ws, f)) }
 	p := point{r: r}
 	p.cpu = stat(func(w churn.Window) float64 { return w.CPUCores })
-	p.latency = stat(func(w churn.Window) float64 { return w.NetProgP50 })
-	p.latency99 = stat(func(w churn.Window) float64 { return w.NetProgP99 })
+	p.latency = stat(func(w churn.Window) float64 { return float64(w.NetProgP50) })
+	p.latency99 = stat(func(w churn.Window) float64 { return float64(w.NetProgP99) })
 	p.syncs = stat(func(w churn.Window) float64 { return w.SyncsPerMin })
 	p.syncSeconds = stat(func(w churn.Window) float64 {
 		if w.Syncs == 0 {

@@ -16,7 +16,7 @@ func result(name string, s churn.Setup, cpu, latency float64) churn.Result {
 	for i := 0; i < 3; i++ {
 		// The middle window holds the median; the others spread around it.
 		d := float64(i-1) * 0.01
-		ws = append(ws, churn.Window{Seconds: 60, CPUCores: cpu + d, NetProgP50: latency + d, Syncs: 10, SyncsPerMin: 10,
+		ws = append(ws, churn.Window{Seconds: 60, CPUCores: cpu + d, NetProgP50: churn.Maybe(latency + d), Syncs: 10, SyncsPerMin: 10,
 			Period: s.Period, Probes: []float64{latency}, Execs: map[string]int{"iptables-restore": 10}})
 	}
 	return churn.Result{Setup: s, Name: name, Workload: churn.Steady(10), Services: 5000, Endpoints: 10, Build: "v1.33.5 iptables", Windows: ws}
