@@ -189,15 +189,20 @@ func static(p point) bool { return p.r.Setup.Adaptive == "" && p.r.Setup.RetuneT
 // dominated names the static setups better than p on both CPU and p50 latency (medians); where
 // nothing changed (no latency) on CPU alone. A name is marked when the two overlap on an axis
 // (one's range of windows reaches into the other's): better by the medians, but within the spread.
+// CPU differences below what /proc can tell (a 10 ms clock tick over a window) are ties.
 func dominated(p point, g group) []string {
 	var by []string
 	apart := func(a, b churn.Stat) bool { return a.Max < b.Min }
+	tick := 0.0
+	if ws := p.r.Measured(); len(ws) > 0 && ws[0].Seconds > 0 {
+		tick = 0.01 / ws[0].Seconds
+	}
 	for _, q := range g.points {
 		if !static(q) {
 			continue
 		}
 		noLatency := math.IsNaN(p.latency.Median) || math.IsNaN(q.latency.Median)
-		if q.cpu.Median < p.cpu.Median && (noLatency || q.latency.Median < p.latency.Median) {
+		if p.cpu.Median-q.cpu.Median > tick && (noLatency || q.latency.Median < p.latency.Median) {
 			name := q.r.Name
 			if !apart(q.cpu, p.cpu) || (!noLatency && !apart(q.latency, p.latency)) {
 				name += " (within the spread)"
