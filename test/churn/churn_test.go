@@ -80,11 +80,7 @@ func TestSmoke(t *testing.T) {
 func TestBench(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	var b Bed
-	scale := env("KPTUNE_CHURN_SCALE", "5000x10")
-	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
-		t.Fatalf("KPTUNE_CHURN_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
-	}
+	b, scale := bedFromEnv(t)
 	var workloads []Workload
 	for _, name := range strings.Split(env("KPTUNE_CHURN_WORKLOADS", "quiet,steady-1,steady-10,steady-50,scale-down,rolling"), ",") {
 		w, err := ParseWorkload(name)
@@ -138,6 +134,16 @@ func TestBench(t *testing.T) {
 			}
 		}
 	}
+}
+
+// bedFromEnv is the bed's size from KPTUNE_CHURN_SCALE (SERVICESxENDPOINTS, 5000x10 by default).
+func bedFromEnv(t *testing.T) (Bed, string) {
+	var b Bed
+	scale := env("KPTUNE_CHURN_SCALE", "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
+		t.Fatalf("KPTUNE_CHURN_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
+	}
+	return b, scale
 }
 
 func record(t *testing.T, dir string, results []Result) {
@@ -237,11 +243,7 @@ func envDuration(name string, def time.Duration) time.Duration {
 func TestTransitions(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	var b Bed
-	scale := env("KPTUNE_CHURN_SCALE", "5000x10")
-	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil {
-		t.Fatalf("KPTUNE_CHURN_SCALE=%q: want SERVICESxENDPOINTS", scale)
-	}
+	b, scale := bedFromEnv(t)
 	b.C, _ = testbed.Start(t, 0, 0)
 	if err := b.Load(ctx); err != nil {
 		t.Fatal(err)
