@@ -84,11 +84,13 @@ type managed struct {
 	syncPeriod time.Duration
 	changed    bool // the agent wrote to it
 
-	desired   time.Duration
-	source    string
-	decided   time.Time
-	window    *sample
-	seen      map[time.Duration]spent // what each period cost lately
+	desired time.Duration
+	source  string
+	decided time.Time
+	window  *sample
+	seen    map[time.Duration]spent // what each period cost lately
+	// idle is what kube-proxy spent (cores) over a window without a sync; negative while it syncs.
+	idle      float64
 	refused   time.Duration
 	retryAt   time.Time
 	badNotice string // the last override value warned about
@@ -230,7 +232,7 @@ func (a *Agent) reload() {
 	a.m.reloads.WithLabelValues("ok").Inc()
 	a.log.Info("configuration reloaded", "policy", pol.Name())
 	for _, mp := range a.procs {
-		mp.decided, mp.window, mp.refused, mp.seen = time.Time{}, nil, 0, nil
+		mp.decided, mp.window, mp.refused, mp.seen, mp.idle = time.Time{}, nil, 0, nil, -1
 	}
 }
 
@@ -257,7 +259,7 @@ func (a *Agent) discover() {
 			a.other[k] = true
 			continue
 		}
-		a.procs[k] = &managed{proc: p, bin: bin}
+		a.procs[k] = &managed{proc: p, bin: bin, idle: -1}
 		a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
 	}
 	for k, mp := range a.procs {
@@ -355,7 +357,7 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		return s.Period, "static"
 	}
 	if mp.source != "adaptive" {
-		mp.desired, mp.decided, mp.window, mp.seen = 0, time.Time{}, nil, nil
+		mp.desired, mp.decided, mp.window, mp.seen, mp.idle = 0, time.Time{}, nil, nil, -1
 	}
 	mp.source = "adaptive"
 	if mp.window == nil {
@@ -367,6 +369,25 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 	// A window of at least three periods: over fewer, syncs (and their CPU) arrive in lumps.
 	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, 3*current) {
 		return mp.desired, "adaptive"
+	}
+	if mp.idle >= 0 {
+		// kube-proxy synced nothing in the last window. Reading its metrics costs it CPU (as much as
+		// everything else it does at rest), so they are read again only once its CPU rises, or
+		// maxIdle after the last reading.
+		cpu, err := procfs.CPU(mp.proc.PID)
+		busy := err == nil && !stillIdle(mp.idle, cpu-mp.window.cpu, now.Sub(mp.window.at))
+		if !busy && now.Sub(mp.decided) < max(maxIdle, a.cfg.DecideEvery.Duration) {
+			return mp.desired, "adaptive"
+		}
+		if busy {
+			// The window since the last reading is mostly idle and would understate what the period
+			// costs now: a fresh one starts here.
+			if s, err := takeSample(ctx, mp.proc); err == nil {
+				mp.window, mp.decided, mp.idle = &s, now, -1
+				a.log.Info("kube-proxy is busy again", "pid", mp.proc.PID)
+			}
+			return mp.desired, "adaptive"
+		}
 	}
 	s, err := takeSample(ctx, mp.proc)
 	if err != nil {
@@ -386,8 +407,29 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		a.m.syncCost.WithLabelValues(pid).Set(in.CPUSeconds / in.Syncs)
 	}
 	a.log.Info("decision", "pid", mp.proc.PID, "policy", a.pol.Name(), "current", current, "next", d.Period, "reason", d.Reason)
+	if in.Syncs < 1 {
+		if mp.idle < 0 {
+			a.log.Info("kube-proxy is idle: its metrics are read again when its CPU rises, or in a minute", "pid", mp.proc.PID)
+		}
+		mp.idle = in.CPUSeconds / in.Window.Seconds()
+	} else {
+		mp.idle = -1
+	}
 	mp.window, mp.decided, mp.desired = &s, now, d.Period
 	return d.Period, "adaptive"
+}
+
+// maxIdle is the longest an idle kube-proxy's metrics go unread.
+const maxIdle = time.Minute
+
+// stillIdle reports whether kube-proxy, which spent idle cores over its last window without a sync,
+// has spent (spent over elapsed) no more since than that rate twice over and two clock ticks, the
+// grain of the kernel's CPU accounting. A sync at scale costs far more; the syncs of a small cluster
+// may cost less, and wait at most maxIdle to be seen: what they cost is negligible, and the period
+// held meanwhile is the one chosen before the cluster went quiet.
+func stillIdle(idle float64, spent, elapsed time.Duration) bool {
+	const tick = 10 * time.Millisecond
+	return spent <= time.Duration(2*idle*float64(elapsed))+2*tick
 }
 
 func (a *Agent) write(mp *managed, current, desired time.Duration, source string) {

@@ -273,4 +273,58 @@ func TestAdaptiveOnTestBed(t *testing.T) {
 	if !bytes.Contains(log, []byte(`"msg":"decision"`)) || !bytes.Contains(log, []byte("cores used, budget")) {
 		t.Errorf("no decision logged with its inputs:\n%s", log)
 	}
+
+	// Quiet: once a window holds no sync, kube-proxy's metrics (whose every reading costs it CPU)
+	// are not read again, so no decision is made, until its CPU rises with churn.
+	if _, err := churn.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	agentLog := func() string { b, _ := os.ReadFile(ag.Log()); return string(b) }
+	waitLog := func(what string, after int, within time.Duration) int {
+		for deadline := time.Now().Add(within); ; time.Sleep(200 * time.Millisecond) {
+			if i := strings.Index(agentLog()[after:], what); i >= 0 {
+				return after + i
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the agent's log within %v:\n%s", what, within, agentLog())
+			}
+		}
+	}
+	// A window lasts max(decideEvery, 3 periods), the period at most the 20s ceiling.
+	idle := waitLog("kube-proxy is idle", 0, 2*time.Minute)
+	const quiet = 15 * time.Second // three decision windows of 5s
+	time.Sleep(quiet)
+	if n := strings.Count(agentLog()[idle:], `"msg":"decision"`); n > 0 {
+		t.Errorf("%d decisions (each a reading of kube-proxy's metrics) in %v of quiet", n, quiet)
+	}
+	restarted := time.Now()
+	churn, err = c.Churn(ctx, testbed.ChurnOptions{Rate: 20, Services: services, Endpoints: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer churn.Stop()
+	busy := waitLog("kube-proxy is busy again", idle, 30*time.Second)
+	t.Logf("no reading in %v of quiet; busy again %v after the churn resumed", quiet, time.Since(restarted).Round(100*time.Millisecond))
+	waitLog(`"msg":"decision"`, busy, time.Minute)
+}
+
+// TestStillIdle: an idle kube-proxy's CPU, read from /proc at no cost to it, tells whether its
+// metrics need reading.
+func TestStillIdle(t *testing.T) {
+	for _, c := range []struct {
+		idle           float64 // cores over the last window, which held no sync
+		spent, elapsed time.Duration
+		want           bool
+	}{
+		{0.001, 40 * time.Millisecond, 20 * time.Second, true}, // at its idle rate (5000 Services)
+		{0.001, 60 * time.Millisecond, 20 * time.Second, true}, // twice it, and two ticks
+		{0.001, 70 * time.Millisecond, 20 * time.Second, false},
+		{0.001, 900 * time.Millisecond, 10 * time.Second, false}, // one sync at 5000 Services
+		{0, 20 * time.Millisecond, time.Minute, true},            // the grain of CPU accounting
+		{0, 30 * time.Millisecond, time.Second, false},
+	} {
+		if got := stillIdle(c.idle, c.spent, c.elapsed); got != c.want {
+			t.Errorf("stillIdle(%v cores, %v spent in %v) = %v, want %v", c.idle, c.spent, c.elapsed, got, c.want)
+		}
+	}
 }
