@@ -47,11 +47,17 @@ bench-smoke: prebuild
 # The churn bench (test/churn): every workload on kube-proxy at static periods, retuned live by kptune
 # set, and under the adaptive agent, in iptables and nftables mode, at CHURN_SCALE Services x
 # endpoints; then restart against live retune. The report and plots go to bench/churn/. Long: at
-# 5000x10 about 80 minutes a mode. KPTUNE_CHURN_MODES, _SETUPS, _WORKLOADS, _WINDOWS, _WINDOW narrow it.
+# 5000x10 about 100 minutes a mode. CHURN_MODES, CHURN_RUN (the tests), and KPTUNE_CHURN_SETUPS,
+# _WORKLOADS, _WINDOWS, _WINDOW narrow it; a run replaces the results of what it ran and keeps the
+# others. Its log goes to bench/results/churn/CHURN_LOG.log.
 CHURN_SCALE ?= 5000x10
+CHURN_MODES ?= iptables,nftables
+CHURN_RUN ?= TestBench|TestTransitions
+comma := ,
+CHURN_LOG ?= $(CHURN_SCALE)-$(subst $(comma),-,$(CHURN_MODES))
 bench-churn: prebuild
 	mkdir -p bench/results/churn
-	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) $(GO) test -count=1 -timeout 600m -tags churn -run 'TestBench|TestTransitions' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_SCALE).log
+	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) KPTUNE_CHURN_MODES=$(CHURN_MODES) $(GO) test -count=1 -timeout 600m -tags churn -run '$(CHURN_RUN)' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_LOG).log
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's

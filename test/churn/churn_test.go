@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -190,12 +191,26 @@ func recordMachine(t *testing.T, scale string, o Options) {
 		"nft":       run("nft", "--version"),
 		"when":      time.Now().UTC().Format(time.RFC3339),
 	}
-	b, _ := json.MarshalIndent(m, "", "  ")
 	dir := filepath.Join(testbed.RepoRoot(), "bench", "results", "churn", scale)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "machine.json"), b, 0o644); err != nil {
+	// Results at one scale may come from several runs (a mode or a setup at a time): each run's
+	// command and time are kept, in order.
+	file := filepath.Join(dir, "machine.json")
+	if raw, err := os.ReadFile(file); err == nil {
+		var old map[string]string
+		if err := json.Unmarshal(raw, &old); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		for _, k := range []string{"command", "when"} {
+			if prev := strings.Split(old[k], "; "); old[k] != "" && !slices.Contains(prev, m[k]) {
+				m[k] = strings.Join(append(prev, m[k]), "; ")
+			}
+		}
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -263,12 +278,26 @@ func TestTransitions(t *testing.T) {
 		}
 	}
 	if os.Getenv("KPTUNE_CHURN_RECORD") != "" {
-		out, _ := json.MarshalIndent(all, "", "  ")
 		dir := filepath.Join(testbed.RepoRoot(), "bench", "results", "churn", scale)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "transitions.json"), out, 0o644); err != nil {
+		// The file holds every mode measured at this scale: this run replaces its own modes'.
+		file := filepath.Join(dir, "transitions.json")
+		var kept []Transition
+		if raw, err := os.ReadFile(file); err == nil {
+			var old []Transition
+			if err := json.Unmarshal(raw, &old); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			for _, x := range old {
+				if !slices.ContainsFunc(all, func(y Transition) bool { return y.Mode == x.Mode }) {
+					kept = append(kept, x)
+				}
+			}
+		}
+		out, _ := json.MarshalIndent(append(kept, all...), "", "  ")
+		if err := os.WriteFile(file, out, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
