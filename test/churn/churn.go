@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"kptune/internal/inspect"
@@ -345,7 +346,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	slot := length / time.Duration(max(probes, 1))
 	for i := 0; i < probes; i++ {
 		time.Sleep(max(0, time.Until(start.Add(slot*time.Duration(i)+rand.N(slot/2)))))
-		d, err := probe(ctx, b, kp, i, time.Until(start.Add(length)))
+		d, err := probe(ctx, b, kp, time.Until(start.Add(length)))
 		if err != nil {
 			return win, err
 		}
@@ -393,11 +394,17 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	return win, nil
 }
 
+// probeGen is the generation of the probe Service's addresses (see testbed.SetEndpoints).
+var probeGen atomic.Int64
+
 // probe changes the probe Service and waits until its new address is in kube-proxy's rules: the
 // time from the write to the API server to the rules, or -1 if it is not there within limit (and
 // within a minute).
-func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, n int, limit time.Duration) (time.Duration, error) {
-	ip, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, int(time.Now().UnixNano()%200)+n)
+func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duration) (time.Duration, error) {
+	// Each probe moves the Service's window of addresses past the previous one, so that the address
+	// waited for is new to the rules (a window drawn at random could hold it already, and be seen at
+	// once).
+	ip, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, int(probeGen.Add(int64(b.Endpoints))))
 	if err != nil {
 		return 0, err
 	}
