@@ -231,8 +231,14 @@ func report(w io.Writer, dir string, results []churn.Result, transitions []churn
 	gs := groups(results)
 	r0 := results[0]
 	fmt.Fprintf(w, "# The churn bench: %d Services × %d endpoints\n\n", r0.Services, r0.Endpoints)
-	fmt.Fprintf(w, "kube-proxy %s, fed by the test bed's real kube-apiserver and etcd, on this machine. Each cell is the median over the measured windows (%d a workload), with the least and greatest in brackets; a window lasts at least 15 s and three periods. CPU is kube-proxy's with its iptables-restore / nft children, in cores. Latency is kube-proxy's own network-programming latency (its histogram, from the EndpointSlices' trigger time; p50 and p99 interpolated within its buckets, which are 0.25 s wide below 1 s and 1 s wide above); the probe column times a change to a probe Service from its write to the API server to its address in the namespace's rules, measured outside kube-proxy. Rule programs are iptables-restore and nft runs a minute. Written by `go run ./test/cmd/benchplot` from the JSON beside it; the runs by `make bench-churn`.\n\n",
-		strings.TrimSuffix(r0.Build, " "+r0.Setup.Mode), len(r0.Windows))
+	var builds []string
+	for _, r := range results {
+		if !slices.Contains(builds, r.Build) {
+			builds = append(builds, r.Build)
+		}
+	}
+	fmt.Fprintf(w, "kube-proxy %s, fed by the test bed's real kube-apiserver and etcd, on the machine below (each result's JSON holds the time it was measured). Each cell is the median over the measured windows (%d a workload), with the least and greatest in brackets; a window lasts at least 15 s and three periods. CPU is kube-proxy's with its iptables-restore / nft children, in cores. Latency is kube-proxy's own network-programming latency (its histogram, from the EndpointSlices' trigger time; p50 and p99 interpolated within its buckets, which are 0.25 s wide below 1 s and 1 s wide above); the probe column times a change to a probe Service from its write to the API server to its address in the namespace's rules, measured outside kube-proxy. Rule programs are iptables-restore and nft runs a minute. Written by `go run ./test/cmd/benchplot` from the JSON beside it; the runs by `make bench-churn`.\n\n",
+		strings.Join(builds, " and "), len(r0.Windows))
 	if len(machine) > 0 {
 		keys := slices.Sorted(maps.Keys(machine))
 		fmt.Fprintf(w, "| ran on and with | |\n|---|---|\n")
