@@ -89,8 +89,9 @@ type managed struct {
 	decided time.Time
 	window  *sample
 	seen    map[time.Duration]spent // what each period cost lately
-	// idle is what kube-proxy spent (cores) over a window without a sync; negative while it syncs.
-	idle      float64
+	// idle: the last window held no sync; idleCores is what kube-proxy spent over it.
+	idle      bool
+	idleCores float64
 	refused   time.Duration
 	retryAt   time.Time
 	badNotice string // the last override value warned about
@@ -232,7 +233,7 @@ func (a *Agent) reload() {
 	a.m.reloads.WithLabelValues("ok").Inc()
 	a.log.Info("configuration reloaded", "policy", pol.Name())
 	for _, mp := range a.procs {
-		mp.decided, mp.window, mp.refused, mp.seen, mp.idle = time.Time{}, nil, 0, nil, -1
+		mp.decided, mp.window, mp.refused, mp.seen, mp.idle = time.Time{}, nil, 0, nil, false
 	}
 }
 
@@ -259,7 +260,7 @@ func (a *Agent) discover() {
 			a.other[k] = true
 			continue
 		}
-		a.procs[k] = &managed{proc: p, bin: bin, idle: -1}
+		a.procs[k] = &managed{proc: p, bin: bin}
 		a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
 	}
 	for k, mp := range a.procs {
@@ -357,7 +358,7 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 		return s.Period, "static"
 	}
 	if mp.source != "adaptive" {
-		mp.desired, mp.decided, mp.window, mp.seen, mp.idle = 0, time.Time{}, nil, nil, -1
+		mp.desired, mp.decided, mp.window, mp.seen, mp.idle = 0, time.Time{}, nil, nil, false
 	}
 	mp.source = "adaptive"
 	if mp.window == nil {
@@ -370,12 +371,12 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, 3*current) {
 		return mp.desired, "adaptive"
 	}
-	if mp.idle >= 0 {
+	if mp.idle {
 		// kube-proxy synced nothing in the last window. Reading its metrics costs it CPU (as much as
 		// everything else it does at rest), so they are read again only once its CPU rises, or
 		// maxIdle after the last reading.
 		cpu, err := procfs.CPU(mp.proc.PID)
-		busy := err == nil && !stillIdle(mp.idle, cpu-mp.window.cpu, now.Sub(mp.window.at))
+		busy := err == nil && !stillIdle(mp.idleCores, cpu-mp.window.cpu, now.Sub(mp.window.at))
 		if !busy && now.Sub(mp.decided) < max(maxIdle, a.cfg.DecideEvery.Duration) {
 			return mp.desired, "adaptive"
 		}
@@ -383,7 +384,7 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 			// The window since the last reading is mostly idle and would understate what the period
 			// costs now: a fresh one starts here.
 			if s, err := takeSample(ctx, mp.proc); err == nil {
-				mp.window, mp.decided, mp.idle = &s, now, -1
+				mp.window, mp.decided, mp.idle = &s, now, false
 				a.log.Info("kube-proxy is busy again", "pid", mp.proc.PID)
 			}
 			return mp.desired, "adaptive"
@@ -408,12 +409,12 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 	}
 	a.log.Info("decision", "pid", mp.proc.PID, "policy", a.pol.Name(), "current", current, "next", d.Period, "reason", d.Reason)
 	if in.Syncs < 1 {
-		if mp.idle < 0 {
+		if !mp.idle {
 			a.log.Info("kube-proxy is idle: its metrics are read again when its CPU rises, or in a minute", "pid", mp.proc.PID)
 		}
-		mp.idle = in.CPUSeconds / in.Window.Seconds()
+		mp.idle, mp.idleCores = true, in.CPUSeconds/in.Window.Seconds()
 	} else {
-		mp.idle = -1
+		mp.idle = false
 	}
 	mp.window, mp.decided, mp.desired = &s, now, d.Period
 	return d.Period, "adaptive"
