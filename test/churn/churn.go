@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/procfs"
@@ -67,22 +69,27 @@ type Options struct {
 
 // Window is one measured window.
 type Window struct {
-	Seconds       float64        `json:"seconds"`
-	Period        time.Duration  `json:"period"` // kube-proxy's period at the end of the window
-	Changes       int64          `json:"changes"`
-	Syncs         uint64         `json:"syncs"`
-	SyncsPerMin   float64        `json:"syncsPerMinute"`
-	SyncSeconds   float64        `json:"syncSeconds"` // time kube-proxy spent in syncs
-	CPUCores      float64        `json:"cpuCores"`    // kube-proxy and its children
-	NetProgP50    Maybe          `json:"netProgP50"`  // seconds, kube-proxy's histogram; NaN without changes
-	NetProgP99    Maybe          `json:"netProgP99"`
-	NetProgCount  uint64         `json:"netProgCount"`
-	Probes        []float64      `json:"probeSeconds"` // change written → seen in the rules
-	Execs         map[string]int `json:"execs"`        // rule programs run, by name
-	SyncFailures  float64        `json:"syncFailures"`
-	ProbeMissing  int            `json:"probeMissing"` // probe changes never seen in the rules
-	BeforeRetune  bool           `json:"beforeRetune,omitempty"`
-	RetuneSeconds float64        `json:"retuneSeconds,omitempty"` // kptune set's wall time, before this window
+	Seconds      float64        `json:"seconds"`
+	Period       time.Duration  `json:"period"` // kube-proxy's period at the end of the window
+	Changes      int64          `json:"changes"`
+	Syncs        uint64         `json:"syncs"`
+	SyncsPerMin  float64        `json:"syncsPerMinute"`
+	SyncSeconds  float64        `json:"syncSeconds"` // time kube-proxy spent in syncs
+	CPUCores     float64        `json:"cpuCores"`    // kube-proxy and its children
+	NetProgP50   Maybe          `json:"netProgP50"`  // seconds, kube-proxy's histogram; NaN without changes
+	NetProgP99   Maybe          `json:"netProgP99"`
+	NetProgCount uint64         `json:"netProgCount"`
+	Probes       []float64      `json:"probeSeconds"` // change written → seen in the rules
+	Execs        map[string]int `json:"execs"`        // rule programs run, by name
+	SyncFailures float64        `json:"syncFailures"`
+	ProbeMissing int            `json:"probeMissing"` // probe changes never seen in the rules
+	// The probe's own cost: how often it listed kube-proxy's rules, and the CPU those listings took
+	// (the bench's finished children), which competes with kube-proxy for the machine's cores.
+	ProbePolls    int     `json:"probePolls"`
+	ProbeCores    float64 `json:"probeCores"`
+	ProbePollMax  float64 `json:"probePollMaxSeconds"` // the longest single listing
+	BeforeRetune  bool    `json:"beforeRetune,omitempty"`
+	RetuneSeconds float64 `json:"retuneSeconds,omitempty"` // kptune set's wall time, before this window
 }
 
 // Maybe is a figure that may be missing (NaN), written as null in JSON, which has no NaN.
@@ -281,8 +288,8 @@ func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w W
 		if s.RetuneTo != 0 && i == 1 {
 			win.RetuneSeconds = retuned
 		}
-		o.Log("%s, %s: window %d: %.1f syncs/min, %.3f cores, net prog p50 %.2fs, %d changes, probes %v",
-			s.Name(), w.Name, i, win.SyncsPerMin, win.CPUCores, win.NetProgP50, win.Changes, win.Probes)
+		o.Log("%s, %s: window %d: %.1f syncs/min, %.3f cores, net prog p50 %.2fs, %d changes, probes %v (%d listings, %.3f cores, longest %.2fs)",
+			s.Name(), w.Name, i, win.SyncsPerMin, win.CPUCores, win.NetProgP50, win.Changes, win.Probes, win.ProbePolls, win.ProbeCores, win.ProbePollMax)
 		r.Windows = append(r.Windows, win)
 	}
 	if err := stop(); err != nil {
@@ -336,6 +343,10 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	if err != nil {
 		return win, err
 	}
+	children0, err := childrenCPU()
+	if err != nil {
+		return win, err
+	}
 	start := time.Now()
 	changes0 := before.Value(kpmetrics.EndpointChanges)
 	if w == Quiet {
@@ -346,7 +357,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	slot := length / time.Duration(max(probes, 1))
 	for i := 0; i < probes; i++ {
 		time.Sleep(max(0, time.Until(start.Add(slot*time.Duration(i)+rand.N(slot/2)))))
-		d, err := probe(ctx, b, kp, time.Until(start.Add(length)))
+		d, err := probe(ctx, b, kp, time.Until(start.Add(length)), &win)
 		if err != nil {
 			return win, err
 		}
@@ -370,7 +381,12 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	if err != nil {
 		return win, err
 	}
+	children1, err := childrenCPU()
+	if err != nil {
+		return win, err
+	}
 	win.Seconds = elapsed.Seconds()
+	win.ProbeCores = (children1 - children0).Seconds() / elapsed.Seconds()
 	win.Changes = int64(after.Value(kpmetrics.EndpointChanges) - changes0)
 	win.Syncs = after.Syncs() - before.Syncs()
 	win.SyncsPerMin = float64(win.Syncs) / elapsed.Minutes()
@@ -399,8 +415,8 @@ var probeGen atomic.Int64
 
 // probe changes the probe Service and waits until its new address is in kube-proxy's rules: the
 // time from the write to the API server to the rules, or -1 if it is not there within limit (and
-// within a minute).
-func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duration) (time.Duration, error) {
+// within a minute). It counts its listings of the rules in win.
+func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duration, win *Window) (time.Duration, error) {
 	// Each probe moves the Service's window of addresses past the previous one, so that the address
 	// waited for is new to the rules (a window drawn at random could hold it already, and be seen at
 	// once).
@@ -411,7 +427,10 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duratio
 	written := time.Now()
 	limit = max(limit, time.Minute)
 	for {
+		t := time.Now()
 		there, err := kp.HasEndpoint(b.Probe(), ip)
+		win.ProbePolls++
+		win.ProbePollMax = max(win.ProbePollMax, time.Since(t).Seconds())
 		if err != nil {
 			return 0, err
 		}
@@ -423,4 +442,13 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duratio
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// childrenCPU is the CPU time of the bench's children that have finished (the rule listings).
+func childrenCPU() (time.Duration, error) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_CHILDREN, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
