@@ -125,6 +125,10 @@ type Result struct {
 	MissingAtEnd int    `json:"missingServicesAtEnd"`
 	Agent        string `json:"agentDecisions,omitempty"`
 	When         string `json:"when"`
+	// Probe is how the probe read the rules: "kernel" (one chain, over netlink or x_tables; see
+	// testbed.KubeProxy.HasEndpoint); empty in results measured before 2026-12-02, when it listed
+	// the chain with iptables or nft, which cost the machine up to 0.7 cores.
+	Probe string `json:"probe,omitempty"`
 }
 
 // Measured are a result's windows at the setup's settled period: for a live retune, those after it.
@@ -230,7 +234,7 @@ func decisions(log string) string {
 
 func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w Workload, o Options) (Result, error) {
 	r := Result{Setup: s, Name: s.Name(), Workload: w, Services: b.Services, Endpoints: b.Endpoints,
-		Build: o.Build.String() + " " + s.Mode, When: time.Now().UTC().Format(time.RFC3339)}
+		Build: o.Build.String() + " " + s.Mode, When: time.Now().UTC().Format(time.RFC3339), Probe: "kernel"}
 	if s.Mode == testbed.IPTables {
 		r.Build += " (legacy backend)"
 	}

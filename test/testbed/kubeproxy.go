@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -297,9 +298,11 @@ func (kp *KubeProxy) Rules() (string, error) {
 
 // HasEndpoint reports whether kube-proxy's rules send Service i to the endpoint ip (port 8080)
 // without listing the whole ruleset, which at thousands of Services costs a large part of a core a
-// listing: the Service's chain is found in one full listing, then only that chain is listed. An
-// nftables service chain names its endpoints' addresses; an iptables one jumps
-// to KUBE-SEP chains named by a hash of the Service port, protocol and endpoint, as kube-proxy's
+// listing (and, with iptables, holds the lock kube-proxy's iptables-restore waits for): the
+// Service's chain is found in one full listing, then only that chain is read, from the kernel
+// (nftSendsTo, and xtJumps for legacy iptables; iptables-nft's chain is listed with iptables). An
+// nftables service chain names its endpoints' addresses; an iptables one jumps to KUBE-SEP chains
+// named by a hash of the Service port, protocol and endpoint, as kube-proxy's
 // servicePortEndpointChainName computes it (iptables rules carry no comment naming the endpoint
 // past 1000 endpoints).
 func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
@@ -327,17 +330,19 @@ func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
 		kp.chains[i] = chain
 	}
 	if kp.Options.Mode == NFTables {
-		out, err := inNetns(kp.NS, "nft", "list", "chain", "ip", "kube-proxy", chain)
-		// Up to 1.36 a jump to the endpoint's chain; from 1.37 a dnat map to address . port.
-		return strings.Contains(string(out), "__"+ip+"/8080") || strings.Contains(string(out), " "+ip+" . 8080"), err
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			return false, err
+		}
+		return nftSendsTo(kp.NS, chain, addr, 8080)
 	}
-	iptables := "iptables"
-	if kp.Options.IPTablesLegacy {
-		iptables = "iptables-legacy"
-	}
-	out, err := inNetns(kp.NS, iptables, "-w", "-t", "nat", "-S", chain)
 	hash := sha256.Sum256([]byte(port + ":http" + "tcp" + ip + ":8080"))
 	sep := "KUBE-SEP-" + base32.StdEncoding.EncodeToString(hash[:])[:16]
+	if kp.Options.IPTablesLegacy {
+		// Read from the kernel, not listed with iptables (see xtJumps).
+		return xtJumps(kp.NS, "nat", chain, sep)
+	}
+	out, err := inNetns(kp.NS, "iptables", "-w", "-t", "nat", "-S", chain)
 	return strings.Contains(string(out), "-j "+sep), err
 }
 

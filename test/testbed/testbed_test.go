@@ -47,8 +47,9 @@ func TestBuildScriptRejectsBadInput(t *testing.T) {
 }
 
 // TestKubeProxySyncsUnderChurn is the test bed end to end: a real control plane, kube-proxy of each
-// runner generation in its own namespace (one iptables single-stack, one nftables dual-stack), loaded
-// Services in their rules, syncs under churn, and nothing left behind.
+// runner generation in its own namespace (iptables with either backend and nftables single-stack on
+// the old, nftables dual-stack on the new), loaded Services in their rules, syncs under churn, and
+// nothing left behind.
 func TestKubeProxySyncsUnderChurn(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
@@ -72,6 +73,8 @@ func TestKubeProxySyncsUnderChurn(t *testing.T) {
 		{Build: oldGen, Mode: IPTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second},
 		{Build: newGen, Mode: NFTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second, DualStack: true},
 		{Build: oldGen, Mode: IPTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second, IPTablesLegacy: true, CountExecs: true},
+		// nftables before 1.37 (endpoint chains picked from a verdict map, as the churn bench runs it).
+		{Build: oldGen, Mode: NFTables, MinSyncPeriod: 500 * time.Millisecond, SyncPeriod: 47 * time.Second},
 	} {
 		kp, err := c.StartKubeProxy(ctx, o)
 		if err != nil {

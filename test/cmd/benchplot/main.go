@@ -100,6 +100,7 @@ type point struct {
 	cpu, latency, latency99  churn.Stat
 	syncs, syncSeconds       churn.Stat
 	probe, programs, changes churn.Stat // seconds; a minute; a second
+	probeCost                churn.Stat // cores the probe's own reads took; NaN where not recorded
 }
 
 func reduce(r churn.Result) point {
@@ -131,6 +132,12 @@ func reduce(r churn.Result) point {
 		return float64(n) / (w.Seconds / 60)
 	})
 	p.changes = stat(func(w churn.Window) float64 { return float64(w.Changes) / w.Seconds })
+	p.probeCost = stat(func(w churn.Window) float64 {
+		if w.ProbePolls == 0 {
+			return math.NaN()
+		}
+		return w.ProbeCores
+	})
 	period := stat(func(w churn.Window) float64 { return w.Period.Seconds() })
 	p.period = time.Duration(period.Median * float64(time.Second)).Round(time.Millisecond)
 	return p
@@ -274,11 +281,11 @@ func report(w io.Writer, dir string, results []churn.Result, transitions []churn
 	fmt.Fprintln(w)
 	for _, g := range gs {
 		fmt.Fprintf(w, "## %s, %s\n\n![frontier](frontier-%s-%s.svg)\n\n", g.mode, g.workload, g.mode, g.workload)
-		fmt.Fprintf(w, "| setup | period held | CPU cores | syncs/min | s a sync | net-prog p50 s | p99 s | probe s | rule programs/min | changes/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "| setup | period held | CPU cores | syncs/min | s a sync | net-prog p50 s | p99 s | probe s | probe read by, its CPU | rule programs/min | changes/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range g.points {
-			fmt.Fprintf(w, "| %s | %v | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.r.Name, p.period, spread(p.cpu, "%.3f"),
+			fmt.Fprintf(w, "| %s | %v | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.r.Name, p.period, spread(p.cpu, "%.3f"),
 				spread(p.syncs, "%.1f"), f(p.syncSeconds.Median, "%.2f"), spread(p.latency, "%.2f"), f(p.latency99.Median, "%.2f"),
-				spread(p.probe, "%.2f"), f(p.programs.Median, "%.1f"), f(p.changes.Median, "%.1f"))
+				spread(p.probe, "%.2f"), probeRead(p), f(p.programs.Median, "%.1f"), f(p.changes.Median, "%.1f"))
 		}
 		fmt.Fprintln(w)
 		if err := frontier(filepath.Join(dir, fmt.Sprintf("frontier-%s-%s.svg", g.mode, g.workload)), g); err != nil {
@@ -383,4 +390,19 @@ func frontier(file string, g group) error {
 		p.Add(sp)
 	}
 	return p.Save(6*vg.Inch, 4*vg.Inch, file)
+}
+
+// probeRead says how a result's probe read the rules, and what that cost the machine.
+func probeRead(p point) string {
+	how := p.r.Probe
+	if how == "" {
+		how = "listing"
+	}
+	if math.IsNaN(p.probeCost.Median) {
+		if math.IsNaN(p.probe.Median) {
+			return "–" // no probes (quiet)
+		}
+		return how + ", not recorded"
+	}
+	return fmt.Sprintf("%s, %.3f", how, p.probeCost.Median)
 }
