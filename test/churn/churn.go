@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/procfs"
@@ -83,11 +81,11 @@ type Window struct {
 	Execs        map[string]int `json:"execs"`        // rule programs run, by name
 	SyncFailures float64        `json:"syncFailures"`
 	ProbeMissing int            `json:"probeMissing"` // probe changes never seen in the rules
-	// The probe's own cost: how often it listed kube-proxy's rules, and the CPU those listings took
-	// (the bench's finished children), which competes with kube-proxy for the machine's cores.
+	// The probe's own cost: how often it read kube-proxy's rules, and the CPU those reads took
+	// (testbed.KubeProxy.ProbeCPU), which competes with kube-proxy for the machine's cores.
 	ProbePolls    int     `json:"probePolls"`
-	ProbeCores    float64 `json:"probeCores"`
-	ProbePollMax  float64 `json:"probePollMaxSeconds"` // the longest single listing
+	ProbeCores    Maybe   `json:"probeCores"`          // null where not recorded
+	ProbePollMax  float64 `json:"probePollMaxSeconds"` // the longest single read
 	BeforeRetune  bool    `json:"beforeRetune,omitempty"`
 	RetuneSeconds float64 `json:"retuneSeconds,omitempty"` // kptune set's wall time, before this window
 }
@@ -347,10 +345,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	if err != nil {
 		return win, err
 	}
-	children0, err := childrenCPU()
-	if err != nil {
-		return win, err
-	}
+	probeCPU0 := kp.ProbeCPU()
 	start := time.Now()
 	changes0 := before.Value(kpmetrics.EndpointChanges)
 	if w == Quiet {
@@ -385,12 +380,8 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	if err != nil {
 		return win, err
 	}
-	children1, err := childrenCPU()
-	if err != nil {
-		return win, err
-	}
 	win.Seconds = elapsed.Seconds()
-	win.ProbeCores = (children1 - children0).Seconds() / elapsed.Seconds()
+	win.ProbeCores = Maybe((kp.ProbeCPU() - probeCPU0).Seconds() / elapsed.Seconds())
 	win.Changes = int64(after.Value(kpmetrics.EndpointChanges) - changes0)
 	win.Syncs = after.Syncs() - before.Syncs()
 	win.SyncsPerMin = float64(win.Syncs) / elapsed.Minutes()
@@ -446,13 +437,4 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duratio
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// childrenCPU is the CPU time of the bench's children that have finished (the rule listings).
-func childrenCPU() (time.Duration, error) {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_CHILDREN, &ru); err != nil {
-		return 0, fmt.Errorf("getrusage: %w", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,11 +71,12 @@ type KubeProxy struct {
 	Options KubeProxyOptions
 	Metrics *kpmetrics.Client
 
-	proc   *proc
-	c      *Cluster
-	chains map[int]string // HasEndpoint's chain names
-	env    []string
-	args   []string
+	proc     *proc
+	c        *Cluster
+	chains   map[int]string // HasEndpoint's chain names
+	probeCPU time.Duration  // the CPU time HasEndpoint's reads of the rules took
+	env      []string
+	args     []string
 }
 
 var minorRE = regexp.MustCompile(`^v?1\.(\d+)\.`)
@@ -312,7 +314,9 @@ func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
 	}
 	chain, ok := kp.chains[i]
 	if !ok {
+		t0 := childrenCPU()
 		rules, err := kp.Rules()
+		kp.probeCPU += childrenCPU() - t0
 		if err != nil {
 			return false, err
 		}
@@ -334,16 +338,35 @@ func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		return nftSendsTo(kp.NS, chain, addr, 8080)
+		there, cpu, err := nftSendsTo(kp.NS, chain, addr, 8080)
+		kp.probeCPU += cpu
+		return there, err
 	}
 	hash := sha256.Sum256([]byte(port + ":http" + "tcp" + ip + ":8080"))
 	sep := "KUBE-SEP-" + base32.StdEncoding.EncodeToString(hash[:])[:16]
 	if kp.Options.IPTablesLegacy {
 		// Read from the kernel, not listed with iptables (see xtJumps).
-		return xtJumps(kp.NS, "nat", chain, sep)
+		there, cpu, err := xtJumps(kp.NS, "nat", chain, sep)
+		kp.probeCPU += cpu
+		return there, err
 	}
+	t0 := childrenCPU()
 	out, err := inNetns(kp.NS, "iptables", "-w", "-t", "nat", "-S", chain)
+	kp.probeCPU += childrenCPU() - t0
 	return strings.Contains(string(out), "-j "+sep), err
+}
+
+// ProbeCPU is the CPU time HasEndpoint's reads of kube-proxy's rules have taken, in kptune's test
+// process or in the programs it ran: what probing took from the machine kube-proxy runs on.
+func (kp *KubeProxy) ProbeCPU() time.Duration { return kp.probeCPU }
+
+// childrenCPU is the CPU time of this process's finished children.
+func childrenCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_CHILDREN, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // Proxiers is how many proxiers (so sync runners) kube-proxy built, from what it logged: 2 when it

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -34,20 +35,30 @@ const (
 )
 
 // xtJumps reports whether chain from of table (nat, filter, ...) in the network namespace ns has a
-// rule jumping to chain to, reading the kernel's legacy x_tables. A chain that does not exist
-// jumps nowhere.
-func xtJumps(ns, table, from, to string) (bool, error) {
-	var blob []byte
-	var hooks []uint32
-	err := netns.ForName(ns).Do(func() error {
-		var err error
-		blob, hooks, err = xtEntries(table)
+// rule jumping to chain to, reading the kernel's legacy x_tables, and the CPU time that took. A
+// chain that does not exist jumps nowhere.
+func xtJumps(ns, table, from, to string) (jumps bool, cpu time.Duration, err error) {
+	err = netns.ForName(ns).Do(func() error {
+		t0 := threadCPU()
+		defer func() { cpu = threadCPU() - t0 }()
+		blob, hooks, err := xtEntries(table)
+		if err != nil {
+			return fmt.Errorf("read the %s table in %s: %w", table, ns, err)
+		}
+		jumps, err = jumpsIn(blob, hooks, from, to)
 		return err
 	})
-	if err != nil {
-		return false, fmt.Errorf("read the %s table in %s: %w", table, ns, err)
+	return jumps, cpu, err
+}
+
+// threadCPU is the CPU time the calling OS thread has used (lock the goroutine to it first), to
+// the nanosecond: getrusage's split into user and system time is sampled at clock ticks.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		return 0
 	}
-	return jumpsIn(blob, hooks, from, to)
+	return time.Duration(ts.Nano())
 }
 
 // xtEntries returns the entries of a legacy x_tables table (IPv4) and the offsets where its

@@ -58,15 +58,18 @@ COMMIT
 		{"PREROUTING", "KUBE-SVC-A", false}, // built-in chains are not read
 		{"KUBE-SVC-C", "KUBE-SEP-1", false}, // no such chain
 	} {
-		got, err := xtJumps(ns, "nat", c.from, c.to)
+		got, cpu, err := xtJumps(ns, "nat", c.from, c.to)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if cpu <= 0 {
+			t.Errorf("reading the table took no CPU time (%v): the probe's cost would go unrecorded", cpu)
 		}
 		if got != c.want {
 			t.Errorf("%s jumps to %s: %v, want %v", c.from, c.to, got, c.want)
 		}
 	}
-	if _, err := xtJumps(ns, "nosuchtable", "A", "B"); err == nil {
+	if _, _, err := xtJumps(ns, "nosuchtable", "A", "B"); err == nil {
 		t.Error("a table that does not exist: no error")
 	}
 }

@@ -136,7 +136,7 @@ func reduce(r churn.Result) point {
 		if w.ProbePolls == 0 {
 			return math.NaN()
 		}
-		return w.ProbeCores
+		return float64(w.ProbeCores)
 	})
 	period := stat(func(w churn.Window) float64 { return w.Period.Seconds() })
 	p.period = time.Duration(period.Median * float64(time.Second)).Round(time.Millisecond)
