@@ -14,6 +14,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -128,10 +129,16 @@ func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {
 	if clamp(current) != current {
 		return move(clamp(current), "out of bounds")
 	}
+	// Periods within hysteresis of the current one are not compared with it: one window's CPU
+	// varies more than such periods' costs differ, and comparing them flapped the period between
+	// neighbours (9.3 s and 9.6 s, measured: kube-proxy v1.33.5 iptables at 5000 Services).
+	apart := func(p time.Duration) bool {
+		return math.Abs(float64(p-current)) > a.Hysteresis*float64(current)
+	}
 	// The cheapest period seen lately, this one included.
 	best, bestUsed := current, used
 	for p, u := range in.Seen {
-		if u < bestUsed {
+		if u < bestUsed && apart(p) {
 			best, bestUsed = p, u
 		}
 	}
@@ -142,7 +149,7 @@ func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {
 		// nothing; the record of what each period cost says so.
 		rises := false // the cost was seen to rise with the period, where the period binds
 		for p, u := range in.Seen {
-			binds := current > length && p > length
+			binds := current > length && p > length && apart(p)
 			rises = rises || (binds && p > current && u >= used) || (binds && p < current && u < used)
 		}
 		switch {
