@@ -435,6 +435,9 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duratio
 		if time.Since(written) > limit {
 			return -1, nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		// Every read costs the machine CPU that kube-proxy could use: at 5000 Services about 1.5 ms
+		// for a chain over netlink (70 reads a second took 0.11 cores), and 0.17 s for legacy
+		// iptables, whose kernel copies the whole nat table at each read.
+		time.Sleep(100 * time.Millisecond)
 	}
 }

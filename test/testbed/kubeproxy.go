@@ -73,8 +73,7 @@ type KubeProxy struct {
 
 	proc     *proc
 	c        *Cluster
-	chains   map[int]string // HasEndpoint's chain names
-	probeCPU time.Duration  // the CPU time HasEndpoint's reads of the rules took
+	probeCPU time.Duration // the CPU time HasEndpoint's reads of the rules took
 	env      []string
 	args     []string
 }
@@ -300,39 +299,16 @@ func (kp *KubeProxy) Rules() (string, error) {
 
 // HasEndpoint reports whether kube-proxy's rules send Service i to the endpoint ip (port 8080)
 // without listing the whole ruleset, which at thousands of Services costs a large part of a core a
-// listing (and, with iptables, holds the lock kube-proxy's iptables-restore waits for): the
-// Service's chain is found in one full listing, then only that chain is read, from the kernel
-// (nftSendsTo, and xtJumps for legacy iptables; iptables-nft's chain is listed with iptables). An
-// nftables service chain names its endpoints' addresses; an iptables one jumps to KUBE-SEP chains
-// named by a hash of the Service port, protocol and endpoint, as kube-proxy's
-// servicePortEndpointChainName computes it (iptables rules carry no comment naming the endpoint
-// past 1000 endpoints).
+// listing (30 s of nft at 5000 Services) and, with iptables, holds the lock kube-proxy's
+// iptables-restore waits for. It reads only the Service's chain, named as kube-proxy names it
+// (serviceChain), from the kernel: nftSendsTo, and xtJumps for legacy iptables (iptables-nft's
+// chain is listed with iptables). An nftables service chain names its endpoints' addresses; an
+// iptables one jumps to KUBE-SEP chains named by a hash of the Service port, protocol and endpoint,
+// as kube-proxy's servicePortEndpointChainName computes it (iptables rules carry no comment naming
+// the endpoint past 1000 endpoints). A Service whose chain is not there yet has no endpoint.
 func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
 	port := LoadNamespace + "/" + ServiceName(i)
-	if kp.chains == nil {
-		kp.chains = map[int]string{}
-	}
-	chain, ok := kp.chains[i]
-	if !ok {
-		t0 := childrenCPU()
-		rules, err := kp.Rules()
-		kp.probeCPU += childrenCPU() - t0
-		if err != nil {
-			return false, err
-		}
-		var re *regexp.Regexp
-		if kp.Options.Mode == NFTables {
-			re = regexp.MustCompile(`chain (service-[A-Z0-9]+-` + regexp.QuoteMeta(port) + `/tcp/http) \{`)
-		} else {
-			re = regexp.MustCompile(`-A KUBE-SERVICES .*"` + regexp.QuoteMeta(port) + `:http cluster IP".* -j (KUBE-SVC-[A-Z0-9]+)`)
-		}
-		m := re.FindStringSubmatch(rules)
-		if m == nil {
-			return false, fmt.Errorf("Service %s has no chain in kube-proxy %s's rules yet", port, kp.Node)
-		}
-		chain = m[1]
-		kp.chains[i] = chain
-	}
+	chain := kp.serviceChain(i)
 	if kp.Options.Mode == NFTables {
 		addr, err := netip.ParseAddr(ip)
 		if err != nil {
@@ -353,7 +329,23 @@ func (kp *KubeProxy) HasEndpoint(i int, ip string) (bool, error) {
 	t0 := childrenCPU()
 	out, err := inNetns(kp.NS, "iptables", "-w", "-t", "nat", "-S", chain)
 	kp.probeCPU += childrenCPU() - t0
+	if err != nil && strings.Contains(err.Error(), "No chain/target/match by that name") {
+		return false, nil
+	}
 	return strings.Contains(string(out), "-j "+sep), err
+}
+
+// serviceChain is the name of the chain kube-proxy gives Service i's port (http, TCP), computed as
+// kube-proxy v1.33 and v1.37 compute it: nftables' servicePortChainNameBase with its "service-"
+// prefix, iptables' servicePortChainName.
+func (kp *KubeProxy) serviceChain(i int) string {
+	if kp.Options.Mode == NFTables {
+		name := LoadNamespace + "/" + ServiceName(i) + "/tcp/http"
+		hash := sha256.Sum256([]byte(name))
+		return "service-" + base32.StdEncoding.EncodeToString(hash[:])[:8] + "-" + name
+	}
+	hash := sha256.Sum256([]byte(LoadNamespace + "/" + ServiceName(i) + ":http" + "tcp"))
+	return "KUBE-SVC-" + base32.StdEncoding.EncodeToString(hash[:])[:16]
 }
 
 // ProbeCPU is the CPU time HasEndpoint's reads of kube-proxy's rules have taken, in kptune's test

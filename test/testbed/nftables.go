@@ -3,6 +3,7 @@ package testbed
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"kptune/internal/netns"
 )
@@ -45,6 +47,9 @@ func nftSendsTo(ns, chain string, ip netip.Addr, port uint16) (sends bool, cpu t
 func chainSendsTo(c *nftables.Conn, chain string, ip netip.Addr, port uint16) (bool, error) {
 	table := &nftables.Table{Name: "kube-proxy", Family: nftables.TableFamilyIPv4}
 	rules, err := c.GetRules(table, &nftables.Chain{Name: chain, Table: table})
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil // no such chain (or table) yet
+	}
 	if err != nil {
 		return false, fmt.Errorf("rules of chain %s: %w", chain, err)
 	}
