@@ -124,8 +124,8 @@ type Result struct {
 	Agent        string `json:"agentDecisions,omitempty"`
 	When         string `json:"when"`
 	// Probe is how the probe read the rules: "kernel" (one chain, over netlink or x_tables; see
-	// testbed.KubeProxy.HasEndpoint); empty in results measured before 2026-12-02, when it listed
-	// the chain with iptables or nft, which cost the machine up to 0.7 cores.
+	// testbed.KubeProxy.HasEndpoint); empty in results measured with the earlier probe, which
+	// listed the chain with iptables or nft and cost the machine up to 0.75 cores.
 	Probe string `json:"probe,omitempty"`
 }
 
