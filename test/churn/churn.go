@@ -60,9 +60,13 @@ type Options struct {
 	// AdaptiveWarmup, long enough for the agent's decisions.
 	Warmup, AdaptiveWarmup time.Duration
 	Probes                 int // probe changes a window (none in the quiet workload)
-	Kptune                 string
-	StateDir               string
-	Log                    func(format string, args ...any)
+	// Probe is how a probe change is seen: "datapath" (a connection to the Service, DNAT'ed by the
+	// rules to one of its endpoints: testbed.KubeProxy.Reach) or "kernel" (the Service's chain read
+	// from the kernel: testbed.KubeProxy.HasEndpoint).
+	Probe    string
+	Kptune   string
+	StateDir string
+	Log      func(format string, args ...any)
 }
 
 // Window is one measured window.
@@ -123,9 +127,11 @@ type Result struct {
 	MissingAtEnd int    `json:"missingServicesAtEnd"`
 	Agent        string `json:"agentDecisions,omitempty"`
 	When         string `json:"when"`
-	// Probe is how the probe read the rules: "kernel" (one chain, over netlink or x_tables; see
-	// testbed.KubeProxy.HasEndpoint); empty in results measured with the earlier probe, which
-	// listed the chain with iptables or nft and cost the machine up to 0.75 cores.
+	// Probe is how the probe saw a change in the rules: "datapath" (a connection to the Service
+	// reached one of its new endpoints; see testbed.KubeProxy.Reach), "kernel" (one chain read over
+	// netlink or x_tables; see testbed.KubeProxy.HasEndpoint); empty in results measured with the
+	// earliest probe, which listed the chain with iptables or nft and cost the machine up to 0.75
+	// cores.
 	Probe string `json:"probe,omitempty"`
 }
 
@@ -232,7 +238,7 @@ func decisions(log string) string {
 
 func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w Workload, o Options) (Result, error) {
 	r := Result{Setup: s, Name: s.Name(), Workload: w, Services: b.Services, Endpoints: b.Endpoints,
-		Build: o.Build.String() + " " + s.Mode, When: time.Now().UTC().Format(time.RFC3339), Probe: "kernel"}
+		Build: o.Build.String() + " " + s.Mode, When: time.Now().UTC().Format(time.RFC3339), Probe: o.Probe}
 	if s.Mode == testbed.IPTables {
 		r.Build += " (legacy backend)"
 	}
@@ -276,7 +282,7 @@ func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w W
 				return r, err
 			}
 		}
-		win, err := measure(ctx, b, kp, w, max(o.Window, 3*period), o.Probes)
+		win, err := measure(ctx, b, kp, w, max(o.Window, 3*period), o)
 		if err != nil {
 			return r, err
 		}
@@ -290,7 +296,7 @@ func runWorkload(ctx context.Context, b Bed, kp *testbed.KubeProxy, s Setup, w W
 		if s.RetuneTo != 0 && i == 1 {
 			win.RetuneSeconds = retuned
 		}
-		o.Log("%s, %s: window %d: %.1f syncs/min, %.3f cores, net prog p50 %.2fs, %d changes, probes %v (%d listings, %.3f cores, longest %.2fs)",
+		o.Log("%s, %s: window %d: %.1f syncs/min, %.3f cores, net prog p50 %.2fs, %d changes, probes %v (%d reads, %.3f cores, longest %.2fs)",
 			s.Name(), w.Name, i, win.SyncsPerMin, win.CPUCores, win.NetProgP50, win.Changes, win.Probes, win.ProbePolls, win.ProbeCores, win.ProbePollMax)
 		r.Windows = append(r.Windows, win)
 	}
@@ -331,7 +337,8 @@ func currentPeriod(ctx context.Context, kp *testbed.KubeProxy) (time.Duration, e
 }
 
 // measure runs one window of the running workload.
-func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, length time.Duration, probes int) (Window, error) {
+func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, length time.Duration, o Options) (Window, error) {
+	probes := o.Probes
 	var win Window
 	before, err := kp.Metrics.Scrape(ctx)
 	if err != nil {
@@ -356,7 +363,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	slot := length / time.Duration(max(probes, 1))
 	for i := 0; i < probes; i++ {
 		time.Sleep(max(0, time.Until(start.Add(slot*time.Duration(i)+rand.N(slot/2)))))
-		d, err := probe(ctx, b, kp, time.Until(start.Add(length)), &win)
+		d, err := probe(ctx, b, kp, o.Probe, time.Until(start.Add(length)), &win)
 		if err != nil {
 			return win, err
 		}
@@ -408,22 +415,40 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 // probeGen is the generation of the probe Service's addresses (see testbed.SetEndpoints).
 var probeGen atomic.Int64
 
-// probe changes the probe Service and waits until its new address is in kube-proxy's rules: the
-// time from the write to the API server to the rules, or -1 if it is not there within limit (and
-// within a minute). It counts its listings of the rules in win.
-func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duration, win *Window) (time.Duration, error) {
+// probe changes the probe Service and waits until its new addresses are in kube-proxy's rules, seen
+// as how says (see Options.Probe): the time from the write to the API server to the rules, or -1 if
+// they are not there within limit (and within a minute). It counts its reads in win.
+func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, limit time.Duration, win *Window) (time.Duration, error) {
 	// Each probe moves the Service's window of addresses past the previous one, so that the address
 	// waited for is new to the rules (a window drawn at random could hold it already, and be seen at
 	// once).
-	ip, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, int(probeGen.Add(int64(b.Endpoints))))
+	gen := int(probeGen.Add(int64(b.Endpoints)))
+	ip, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, gen)
 	if err != nil {
 		return 0, err
 	}
 	written := time.Now()
 	limit = max(limit, time.Minute)
+	// The datapath probe's connection reaches any of the new endpoints; none of them was in the
+	// previous generation.
+	fresh := testbed.EndpointAddresses(b.Probe(), b.Endpoints, gen)
+	every := 20 * time.Millisecond
+	if how != "datapath" {
+		// Every read costs the machine CPU that kube-proxy could use: at 5000 Services about 1.5
+		// ms for a chain over netlink (70 reads a second took 0.11 cores), and 0.17 s for legacy
+		// iptables, whose kernel copies the whole nat table at each read.
+		every = 100 * time.Millisecond
+	}
 	for {
 		t := time.Now()
-		there, err := kp.HasEndpoint(b.Probe(), ip)
+		var there bool
+		if how == "datapath" {
+			var got string
+			got, err = kp.Reach(ctx, b.Probe())
+			there = slices.Contains(fresh, got)
+		} else {
+			there, err = kp.HasEndpoint(b.Probe(), ip)
+		}
 		win.ProbePolls++
 		win.ProbePollMax = max(win.ProbePollMax, time.Since(t).Seconds())
 		if err != nil {
@@ -435,9 +460,6 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, limit time.Duratio
 		if time.Since(written) > limit {
 			return -1, nil
 		}
-		// Every read costs the machine CPU that kube-proxy could use: at 5000 Services about 1.5 ms
-		// for a chain over netlink (70 reads a second took 0.11 cores), and 0.17 s for legacy
-		// iptables, whose kernel copies the whole nat table at each read.
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(every)
 	}
 }

@@ -28,6 +28,7 @@ func options(t *testing.T) Options {
 		Build: testbed.Build{Version: env("KPTUNE_CHURN_BUILD", "v1.33.5")}, Windows: envInt("KPTUNE_CHURN_WINDOWS", 3),
 		Window: envDuration("KPTUNE_CHURN_WINDOW", 15*time.Second), Warmup: envDuration("KPTUNE_CHURN_WARMUP", 5*time.Second),
 		AdaptiveWarmup: envDuration("KPTUNE_CHURN_ADAPTIVE_WARMUP", 60*time.Second), Probes: envInt("KPTUNE_CHURN_PROBES", 3),
+		Probe:  env("KPTUNE_CHURN_PROBE", "kernel"),
 		Kptune: kptune, StateDir: t.TempDir(), Log: t.Logf,
 	}
 }

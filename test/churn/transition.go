@@ -105,7 +105,7 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 	decided := time.Now()
 	probed := make(chan error, 1)
 	go func() {
-		d, err := probe(ctx, b, kp, 5*time.Minute, &Window{})
+		d, err := probe(ctx, b, kp, o.Probe, 5*time.Minute, &Window{})
 		t.ProbeSeconds = d.Seconds()
 		probed <- err
 	}()

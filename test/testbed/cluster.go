@@ -194,7 +194,7 @@ func (c *Cluster) Down() error {
 	c.kps = nil
 	c.mu.Unlock()
 	for _, kp := range kps {
-		kp.proc.stop()
+		kp.Stop()
 	}
 	c.api.stop()
 	c.etcd.stop()

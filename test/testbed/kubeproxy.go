@@ -73,7 +73,8 @@ type KubeProxy struct {
 
 	proc     *proc
 	c        *Cluster
-	probeCPU time.Duration // the CPU time HasEndpoint's reads of the rules took
+	probeCPU time.Duration // the CPU time HasEndpoint's reads of the rules and Reach's connections took
+	dp       datapath
 	env      []string
 	args     []string
 }
@@ -378,7 +379,10 @@ func (kp *KubeProxy) Proxiers() (int, error) {
 }
 
 // Stop stops kube-proxy (SIGTERM, then SIGKILL); its namespace stays until the cluster is torn down.
-func (kp *KubeProxy) Stop() { kp.proc.stop() }
+func (kp *KubeProxy) Stop() {
+	kp.proc.stop()
+	kp.closeDatapath()
+}
 
 // tools writes kube-proxy's own directory of rule programs (see IPTablesLegacy and CountExecs).
 func (kp *KubeProxy) tools() (string, error) {

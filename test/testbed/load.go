@@ -96,13 +96,8 @@ func endpointSlice(i, n, generation int) *discoveryv1.EndpointSlice {
 	port, proto, name := int32(8080), corev1.ProtocolTCP, "http"
 	ready := true
 	eps := make([]discoveryv1.Endpoint, n)
-	for j := range eps {
-		// 10.128.0.0/9 holds 2^23 pod addresses: Service i owns a block of 256, generation picks the window.
-		host := (i*256 + (j+generation)%256) % (1 << 23)
-		eps[j] = discoveryv1.Endpoint{
-			Addresses:  []string{fmt.Sprintf("10.%d.%d.%d", 128+host>>16, (host>>8)&255, host&255)},
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-		}
+	for j, a := range EndpointAddresses(i, n, generation) {
+		eps[j] = discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}
 	}
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{

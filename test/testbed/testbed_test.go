@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -168,6 +169,40 @@ func TestKubeProxySyncsUnderChurn(t *testing.T) {
 		}
 		if there, err := kp.HasEndpoint(services-1, "10.127.0.1"); there || err != nil {
 			t.Errorf("kube-proxy %s: an address never given to the Service is seen (%v)", kp.Node, err)
+		}
+	}
+
+	// Reach sees the change through the datapath: every connection to the Service from kube-proxy's
+	// namespace lands on one of its new endpoints, and once it has none, none lands anywhere.
+	fresh := EndpointAddresses(services-1, endpoints, 100)
+	for _, kp := range kps {
+		for range 5 {
+			got, err := kp.Reach(ctx, services-1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(fresh, got) {
+				t.Errorf("kube-proxy %s (%s): a connection to %s reached %q, not one of %v", kp.Node, kp.Options.Mode, ServiceName(services-1), got, fresh)
+			}
+		}
+	}
+	if _, err := c.SetEndpoints(ctx, services-1, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, kp := range kps {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, err := kp.Reach(ctx, services-1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("kube-proxy %s (%s): connections to %s still reach %s after its endpoints were removed", kp.Node, kp.Options.Mode, ServiceName(services-1), got)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 
