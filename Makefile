@@ -58,7 +58,7 @@ CHURN_LOG ?= $(CHURN_SCALE)-$(subst $(comma),-,$(CHURN_MODES))
 bench-churn: prebuild
 	mkdir -p bench/results/churn
 	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) KPTUNE_CHURN_MODES=$(CHURN_MODES) $(GO) test -count=1 -timeout 600m -tags churn -run '$(CHURN_RUN)' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_LOG).log
-	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn
+	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn$(if $(filter 5000x10,$(CHURN_SCALE)),,/$(CHURN_SCALE))
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).

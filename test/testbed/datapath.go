@@ -22,10 +22,11 @@ import (
 // nat OUTPUT chain in iptables mode, the output hook in nftables mode) to one of the Service's
 // endpoints. The namespace routes the Service's block of endpoint addresses to itself (a local
 // route, as AnyIP does) and a listener on the endpoints' port answers every connection with the
-// address it was made to: the endpoint the rules picked, whatever their backend. A connection
-// costs the machine a few tens of microseconds where reading the rules costs milliseconds (one
-// nftables chain) to a sixth of a second (the whole legacy nat table, which x_tables copies out
-// at each read).
+// address it was made to: the endpoint the rules picked, whatever their backend. A try costs the
+// machine about half a millisecond of CPU (measured at 1000 Services, the switch into the namespace
+// included) where reading the rules costs 1.5 ms (one nftables chain at 5000 Services) to a sixth
+// of a second (the whole legacy nat table at 5000 Services, which x_tables copies out at each
+// read).
 
 // datapath is a kube-proxy namespace's side of Reach.
 type datapath struct {
