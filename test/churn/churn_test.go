@@ -24,11 +24,15 @@ func options(t *testing.T) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
+	probe := env("KPTUNE_CHURN_PROBE", "kernel")
+	if probe != "kernel" && probe != "datapath" {
+		t.Fatalf("KPTUNE_CHURN_PROBE=%s: want kernel or datapath", probe)
+	}
 	return Options{
 		Build: testbed.Build{Version: env("KPTUNE_CHURN_BUILD", "v1.33.5")}, Windows: envInt("KPTUNE_CHURN_WINDOWS", 3),
 		Window: envDuration("KPTUNE_CHURN_WINDOW", 15*time.Second), Warmup: envDuration("KPTUNE_CHURN_WARMUP", 5*time.Second),
 		AdaptiveWarmup: envDuration("KPTUNE_CHURN_ADAPTIVE_WARMUP", 60*time.Second), Probes: envInt("KPTUNE_CHURN_PROBES", 3),
-		Probe:  env("KPTUNE_CHURN_PROBE", "kernel"),
+		Probe:  probe,
 		Kptune: kptune, StateDir: t.TempDir(), Log: t.Logf,
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -74,11 +73,8 @@ func (kp *KubeProxy) Reach(ctx context.Context, i int) (string, error) {
 		defer func() { kp.probeCPU += threadCPU() - t0 }()
 		d := net.Dialer{Timeout: 300 * time.Millisecond}
 		conn, err := d.DialContext(ctx, "tcp4", net.JoinHostPort(vip, "80"))
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil
-		}
 		var nerr net.Error
-		if errors.As(err, &nerr) && nerr.Timeout() {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.As(err, &nerr) && nerr.Timeout() {
 			return nil
 		}
 		if err != nil {
@@ -105,8 +101,8 @@ func (kp *KubeProxy) Reach(ctx context.Context, i int) (string, error) {
 func (kp *KubeProxy) datapathTo(ctx context.Context, i int) (string, error) {
 	kp.dp.mu.Lock()
 	defer kp.dp.mu.Unlock()
-	if ip, ok := kp.dp.clusterIP[i]; ok {
-		return ip, nil
+	if vip, ok := kp.dp.clusterIP[i]; ok {
+		return vip, nil
 	}
 	if kp.dp.ln == nil {
 		err := netns.ForName(kp.NS).Do(func() error {
