@@ -35,11 +35,13 @@ func TestPoints(t *testing.T) {
 	} {
 		t.Run(tc.build.String()+"/"+tc.fixture, func(t *testing.T) {
 			// Only what the case names: a PIE kube-proxy is a build of minutes that nothing else here needs.
-			build := func() (string, error) { return tc.build.KubeProxy(ctx) }
-			if tc.fixture != "" {
-				build = func() (string, error) { return tc.build.Fixture(ctx, tc.fixture) }
+			var path string
+			var err error
+			if tc.fixture == "" {
+				path, err = tc.build.KubeProxy(ctx)
+			} else {
+				path, err = tc.build.Fixture(ctx, tc.fixture)
 			}
-			path, err := build()
 			if err != nil {
 				t.Fatal(err)
 			}
