@@ -18,9 +18,10 @@ targets=(
 )
 failed=0
 printf '%-36s %8s %12s %s\n' TARGET TIME EXECS RESULT
+fuzz() { go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" 2>&1; }
 for t in "${targets[@]}"; do
   pkg=${t%%:*} fn=${t##*:}
-  out=$(go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" 2>&1)
+  out=$(fuzz)
   rc=$?
   # Go 1.26's fuzz coordinator can report the -fuzztime deadline itself as a failure (a race at the
   # deadline, golang/go#75804, fixed in Go 1.27): a bare "context deadline exceeded" with no
@@ -28,7 +29,7 @@ for t in "${targets[@]}"; do
   if [ $rc != 0 ] && printf '%s\n' "$out" | grep -q '^    context deadline exceeded$' &&
     ! printf '%s\n' "$out" | grep -q 'Failing input written'; then
     printf '%s: the fuzz deadline race (golang/go#75804), run again\n' "$t" >&2
-    out=$(go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" 2>&1)
+    out=$(fuzz)
     rc=$?
   fi
   execs=$(printf '%s\n' "$out" | sed -n 's/.*execs: \([0-9]*\).*/\1/p' | tail -1)
