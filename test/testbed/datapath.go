@@ -68,9 +68,11 @@ func (kp *KubeProxy) Reach(ctx context.Context, i int) (string, error) {
 		return "", err
 	}
 	var got string
+	var cpu time.Duration
 	err = netns.ForName(kp.NS).Do(func() error {
+		// Do runs fn on a thread locked to it: that thread's CPU time is the try's.
 		t0 := threadCPU()
-		defer func() { kp.probeCPU += threadCPU() - t0 }()
+		defer func() { cpu = threadCPU() - t0 }()
 		d := net.Dialer{Timeout: 300 * time.Millisecond}
 		conn, err := d.DialContext(ctx, "tcp4", net.JoinHostPort(vip, "80"))
 		var nerr net.Error
@@ -93,6 +95,7 @@ func (kp *KubeProxy) Reach(ctx context.Context, i int) (string, error) {
 		got = string(b)
 		return nil
 	})
+	kp.probeCPU += cpu
 	return got, err
 }
 

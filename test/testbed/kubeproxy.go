@@ -349,8 +349,9 @@ func (kp *KubeProxy) serviceChain(i int) string {
 	return "KUBE-SVC-" + base32.StdEncoding.EncodeToString(hash[:])[:16]
 }
 
-// ProbeCPU is the CPU time HasEndpoint's reads of kube-proxy's rules have taken, in kptune's test
-// process or in the programs it ran: what probing took from the machine kube-proxy runs on.
+// ProbeCPU is the CPU time HasEndpoint's reads of kube-proxy's rules and Reach's connections have
+// taken, in kptune's test process or in the programs it ran: what probing took from the machine
+// kube-proxy runs on.
 func (kp *KubeProxy) ProbeCPU() time.Duration { return kp.probeCPU }
 
 // childrenCPU is the CPU time of this process's finished children.
