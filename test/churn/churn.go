@@ -433,20 +433,17 @@ func probe(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, limit 
 	// about 1.5 ms for a chain over netlink (70 reads a second took 0.11 cores), and 0.17 s for
 	// legacy iptables, whose kernel copies the whole nat table at each read. A connection costs
 	// about 0.5 ms, and reaches any of the new endpoints (none was in the previous generation).
-	every, fresh := 100*time.Millisecond, []string(nil)
+	every, seen := 100*time.Millisecond, func() (bool, error) { return kp.HasEndpoint(b.Probe(), ip) }
 	if how == "datapath" {
-		every, fresh = 20*time.Millisecond, testbed.EndpointAddresses(b.Probe(), b.Endpoints, gen)
+		fresh := testbed.EndpointAddresses(b.Probe(), b.Endpoints, gen)
+		every, seen = 20*time.Millisecond, func() (bool, error) {
+			got, err := kp.Reach(ctx, b.Probe())
+			return slices.Contains(fresh, got), err
+		}
 	}
 	for {
 		t := time.Now()
-		var there bool
-		if how == "datapath" {
-			var got string
-			got, err = kp.Reach(ctx, b.Probe())
-			there = slices.Contains(fresh, got)
-		} else {
-			there, err = kp.HasEndpoint(b.Probe(), ip)
-		}
+		there, err := seen()
 		win.ProbePolls++
 		win.ProbePollMax = max(win.ProbePollMax, time.Since(t).Seconds())
 		if err != nil {
