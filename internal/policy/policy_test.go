@@ -62,6 +62,14 @@ func TestAdaptive(t *testing.T) {
 		{"over budget, a neighbour within hysteresis cost less: not compared", 9583 * time.Millisecond,
 			withSeen(Inputs{Window: 29 * time.Second, Syncs: 3, SyncSeconds: 6.39, CPUSeconds: 6.27, Changes: 293, SyncPeriod: 30 * time.Second},
 				map[time.Duration]float64{9317 * time.Millisecond: 0.205, 6286 * time.Millisecond: 0.294, 3143 * time.Millisecond: 0.59}), 10450 * time.Millisecond},
+		// The same, under 1 change/s: four syncs in 32 s at 10.483s (one more than a sync a period),
+		// 2 s of CPU each, so the cost per sync fits the budget at 10 s, below the period, while the
+		// period used 0.25 cores. The CPU used is what must fit: rise by its excess, not halve.
+		{"over budget, more than a sync a period: up by the excess", 10483 * time.Millisecond,
+			withSeen(Inputs{Window: 32 * time.Second, Syncs: 4, SyncSeconds: 7.81, CPUSeconds: 8, Changes: 35, SyncPeriod: 30 * time.Second},
+				map[time.Duration]float64{7704 * time.Millisecond: 0.262, 3852 * time.Millisecond: 0.69, time.Second: 0.902}), 13104 * time.Millisecond},
+		{"over budget at the ceiling, no larger period cost more: keep", 30 * time.Second,
+			churn(30*time.Second, 12, time.Minute), 30 * time.Second},
 		{"under budget, the smaller period was over budget: keep", 4 * time.Second,
 			withSeen(churn(4*time.Second, 0.4, time.Minute), map[time.Duration]float64{2 * time.Second: 0.3}), 4 * time.Second},
 	} {
