@@ -109,12 +109,12 @@ func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {
 	used := spent / in.Window.Seconds()
 	cost := spent / in.Syncs
 	// The period at which syncs of this cost fit the budget, were the cost independent of the
-	// period (it is not always: see below). One sync a period is the least kube-proxy runs; it
-	// runs more where a sync is due both to its timer and to a change, or its rate limiter's burst
-	// lets one through early, so the period at which the CPU used would shrink to the budget is a
-	// bound too. Over budget that bound is above the current period: the cost per sync alone put
-	// 10 s there while 10.5 s measured 0.25 cores, and a fit below the period read as "a larger
-	// period costs more" (measured: kube-proxy v1.33.5 iptables at 5000 Services).
+	// period (it is not always: see below) and kube-proxy synced once a period. A window can hold
+	// more syncs than periods (its edges catch one more, or the rate limiter's burst lets one
+	// through early), so the period at which the CPU used would fall to the budget bounds the fit
+	// too; over budget, it lies above the current period. (Measured: kube-proxy v1.33.5 iptables at
+	// 5000 Services, four syncs of 2 s of CPU in 32 s at 10.5 s: the cost of a sync alone put the fit
+	// at 10 s, below the period, which read as "a larger period costs more" and halved it.)
 	fit := time.Duration(max(cost/a.Budget, current.Seconds()*used/a.Budget) * float64(time.Second))
 	// A sync that lasts longer than the period starts the next at once: kube-proxy syncs back to
 	// back, and the period binds nothing until it exceeds a sync's length. That length is where a

@@ -62,7 +62,7 @@ func TestAdaptive(t *testing.T) {
 		{"over budget, a neighbour within hysteresis cost less: not compared", 9583 * time.Millisecond,
 			withSeen(Inputs{Window: 29 * time.Second, Syncs: 3, SyncSeconds: 6.39, CPUSeconds: 6.27, Changes: 293, SyncPeriod: 30 * time.Second},
 				map[time.Duration]float64{9317 * time.Millisecond: 0.205, 6286 * time.Millisecond: 0.294, 3143 * time.Millisecond: 0.59}), 10450 * time.Millisecond},
-		// The same, under 1 change/s: four syncs in 32 s at 10.483s (one more than a sync a period),
+		// The same, under 1 change/s: four syncs in a 32 s window at 10.483s (one more than periods),
 		// 2 s of CPU each, so the cost per sync fits the budget at 10 s, below the period, while the
 		// period used 0.25 cores. The CPU used is what must fit: rise by its excess, not halve.
 		{"over budget, more than a sync a period: up by the excess", 10483 * time.Millisecond,
