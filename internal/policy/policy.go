@@ -8,8 +8,9 @@
 // larger period batches more changes into each sync, and the cost of a sync can grow as fast as
 // the batch or faster. So the policy assumes nothing: it records what each period it tried cost
 // (Inputs.Seen) and does not raise the period where a larger one was seen to cost more; over a
-// budget it cannot meet, it settles at the cheapest period seen. It falls only when the fall is
-// worth it (hysteresis) and not to a period seen over budget, so that it does not flap.
+// budget it cannot meet, it holds the ceiling, or, where a larger period cost more, settles at the
+// cheapest period seen. It falls only when the fall is worth it (hysteresis) and not to a period
+// seen over budget, so that it does not flap.
 package policy
 
 import (
