@@ -3,6 +3,8 @@ package testbed
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 )
 
 // RepoRoot returns the root of the kptune checkout this package was compiled from.
@@ -128,24 +131,49 @@ var kptune struct {
 	err  error
 }
 
-// Kptune builds the kptune command once per process, into a temporary directory that anyone may
-// read (tests run it as other users too), and returns its path.
+// Kptune builds the kptune command once per process and returns its path: a file named for its
+// content's hash in a directory that anyone may read (tests run it as other users too), so that the
+// test processes of a run share one copy of each build rather than each leaving its own behind.
+// Builds older than a day are removed.
 func Kptune() (string, error) {
-	kptune.once.Do(func() {
-		dir, err := os.MkdirTemp("", "kptune-bin-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			kptune.err = err
-			return
-		}
-		kptune.path = filepath.Join(dir, "kptune")
-		cmd := exec.Command("go", "build", "-o", kptune.path, "./cmd/kptune")
-		cmd.Dir = RepoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			kptune.err = fmt.Errorf("build kptune: %v: %s", err, out)
-		}
-	})
+	kptune.once.Do(func() { kptune.path, kptune.err = buildKptune() })
 	return kptune.path, kptune.err
+}
+
+func buildKptune() (string, error) {
+	dir := filepath.Join(os.TempDir(), "kptune-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	work, err := os.MkdirTemp(dir, ".build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(work)
+	out := filepath.Join(work, "kptune")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/kptune")
+	cmd.Dir = RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build kptune: %v: %s", err, b)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(raw)
+	path := filepath.Join(dir, "kptune-"+hex.EncodeToString(sum[:8]))
+	// A rename replaces a copy another process may be running without touching the file it runs.
+	if err := os.Rename(out, path); err != nil {
+		return "", err
+	}
+	old, _ := filepath.Glob(filepath.Join(dir, "kptune-*"))
+	for _, f := range old {
+		if fi, err := os.Stat(f); err == nil && time.Since(fi.ModTime()) > 24*time.Hour {
+			os.Remove(f)
+		}
+	}
+	return path, nil
 }
