@@ -134,7 +134,7 @@ var kptune struct {
 // Kptune builds the kptune command once per process and returns its path: a file named for its
 // content's hash in a directory that anyone may read (tests run it as other users too), so that the
 // test processes of a run share one copy of each build rather than each leaving its own behind.
-// Builds older than a day are removed.
+// Builds, and unfinished builds' directories, older than a day are removed.
 func Kptune() (string, error) {
 	kptune.once.Do(func() { kptune.path, kptune.err = buildKptune() })
 	return kptune.path, kptune.err
@@ -169,10 +169,11 @@ func buildKptune() (string, error) {
 	if err := os.Rename(out, path); err != nil {
 		return "", err
 	}
-	old, _ := filepath.Glob(filepath.Join(dir, "kptune-*"))
+	// Old builds, and the work directories of builds whose process was killed.
+	old, _ := filepath.Glob(filepath.Join(dir, "*"))
 	for _, f := range old {
 		if fi, err := os.Stat(f); err == nil && time.Since(fi.ModTime()) > 24*time.Hour {
-			os.Remove(f)
+			os.RemoveAll(f)
 		}
 	}
 	return path, nil
