@@ -50,12 +50,15 @@ func Do(pid int, fn func() error) (Stats, error) {
 	res := make(chan result, 1)
 	go func() {
 		// A ptrace tracer is an OS thread. Once every tracee is detached the thread is clean and goes
-		// back to the runtime; if a detach failed it stays locked, so it exits with this goroutine
-		// and the kernel drops what it still traces. (Exiting threads needlessly has a cost beyond
-		// the runtime: a child started with Pdeathsig from this thread would be killed.)
+		// back to the runtime; if a tracee could not be detached it stays locked, so it exits with
+		// this goroutine and the kernel releases what it still traces. That includes a process killed
+		// during the stop: its threads are zombies only its tracer can release to its parent (a
+		// container's init), which cannot reap it, nor the node restart kube-proxy, until then.
+		// (Exiting threads needlessly has a cost beyond the runtime: a child started with Pdeathsig
+		// from this thread would be killed.)
 		runtime.LockOSThread()
-		st, err := do(pid, fn)
-		if !errors.Is(err, errDetach) {
+		st, release, err := do(pid, fn)
+		if !release {
 			runtime.UnlockOSThread()
 		}
 		res <- result{st, err}
@@ -70,7 +73,8 @@ type tracee struct {
 	sig     syscall.Signal // a signal to hand back on detach
 }
 
-func do(pid int, fn func() error) (st Stats, err error) {
+// do stops, runs fn and releases; release reports a tracee left for the thread's exit to release.
+func do(pid int, fn func() error) (st Stats, release bool, err error) {
 	// Precise naps while this thread waits for the stop; 0 restores the thread's default slack.
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
 	defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
@@ -82,10 +86,18 @@ func do(pid int, fn func() error) (st Stats, err error) {
 				// PTRACE_DETACH needs a stopped tracee, and this one still has an interrupt pending.
 				// Leave it to the kernel: the tracing thread exits (see Do) and every tracee is
 				// released, its pending stop cleared.
+				release = true
 				err = errors.Join(err, fmt.Errorf("%w %d: it never stopped", errDetach, t.tid))
 				continue
 			}
-			if derr := detach(t); derr != nil && !errors.Is(derr, unix.ESRCH) {
+			switch derr := detach(t); {
+			case errors.Is(derr, unix.ESRCH):
+				// No longer in a stop: killed (SIGKILL ends a ptrace-stop), exiting or a zombie still
+				// traced. Not an error of the write, but only the tracer's exit (or a wait) lets its
+				// parent reap it.
+				release = true
+			case derr != nil:
+				release = true
 				err = errors.Join(err, fmt.Errorf("%w %d: %w", errDetach, t.tid, derr))
 			}
 		}
@@ -97,7 +109,7 @@ func do(pid int, fn func() error) (st Stats, err error) {
 	for round := 0; ; round++ {
 		tids, err := threads(pid)
 		if err != nil {
-			return st, err
+			return st, release, err
 		}
 		var fresh []*tracee
 		for _, tid := range tids {
@@ -114,11 +126,11 @@ func do(pid int, fn func() error) (st Stats, err error) {
 						continue
 					}
 					if tracedByOther(pid, tid, unix.Gettid()) {
-						return st, ErrTraced
+						return st, release, ErrTraced
 					}
-					return st, fmt.Errorf("seize thread %d: permission denied: run as root or with CAP_SYS_PTRACE", tid)
+					return st, release, fmt.Errorf("seize thread %d: permission denied: run as root or with CAP_SYS_PTRACE", tid)
 				}
-				return st, fmt.Errorf("seize thread %d: %w", tid, err)
+				return st, release, fmt.Errorf("seize thread %d: %w", tid, err)
 			}
 			t := &tracee{tid: tid}
 			seized[tid] = t
@@ -131,14 +143,14 @@ func do(pid int, fn func() error) (st Stats, err error) {
 				first = time.Now()
 			}
 			if err := unix.PtraceInterrupt(t.tid); err != nil && !errors.Is(err, unix.ESRCH) {
-				return st, fmt.Errorf("interrupt thread %d: %w", t.tid, err)
+				return st, release, fmt.Errorf("interrupt thread %d: %w", t.tid, err)
 			}
 		}
 		added := len(fresh)
 		for _, t := range seized {
 			if !t.stopped {
 				if err := wait(pid, t); err != nil {
-					return st, err
+					return st, release, err
 				}
 			}
 		}
@@ -146,14 +158,14 @@ func do(pid int, fn func() error) (st Stats, err error) {
 			break
 		}
 		if round > 100 {
-			return st, errors.New("the process keeps creating threads: try again")
+			return st, release, errors.New("the process keeps creating threads: try again")
 		}
 	}
 	inside := time.Now()
 	st.Stopping = inside.Sub(first)
 	err = fn()
 	st.Inside = time.Since(inside)
-	return st, err
+	return st, release, err
 }
 
 // stopTimeout bounds the wait for one thread's stop: a thread blocked in the kernel (D state)

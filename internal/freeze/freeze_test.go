@@ -317,3 +317,92 @@ func sumDurations(ds []time.Duration) time.Duration {
 	}
 	return s
 }
+
+// TestKilledInsideTheStopIsReaped: a target killed while its threads are stopped is released to
+// its parent, which reaps it within a second of the stop's end, as a container's init must to let
+// kube-proxy restart. The parent is a shell, not this test (a parent in the tracer's own process
+// would see the exit whatever the tracer does). Before the fix the dead target stayed a zombie
+// traced by a runtime thread of the tracer's until the tracer exited.
+func TestKilledInsideTheStopIsReaped(t *testing.T) {
+	needRoot(t)
+	bin, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := exec.Command("sh", "-c", `"$0" -min-sync-period 100ms & echo "child $!"; wait $!; echo "reaped $?"`, bin)
+	sh.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var pending string
+		for {
+			n, err := out.Read(buf)
+			pending += string(buf[:n])
+			for {
+				i := strings.IndexByte(pending, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- pending[:i]
+				pending = pending[i+1:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	pid := 0
+	for l := range lines {
+		if v, ok := strings.CutPrefix(l, "child "); ok {
+			pid, _ = strconv.Atoi(v)
+		}
+		if strings.HasPrefix(l, "ready") {
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatal("the shell did not start the fixture")
+	}
+	_, err = Do(pid, func() error {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return err
+		}
+		// Inside the stop until the kill has taken every thread.
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if s := threadState(pid, pid); s == 'Z' || s == 'X' || s == 0 {
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Logf("stop: %v", err)
+	}
+	released := time.Now()
+	timeout := time.After(time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the shell ended without reaping the fixture")
+			}
+			if strings.HasPrefix(l, "reaped") {
+				t.Logf("reaped by its parent %v after the stop ended (%s)", time.Since(released).Round(time.Millisecond), l)
+				return
+			}
+		case <-timeout:
+			state := threadState(pid, pid)
+			tracer, _ := TracerPID(pid)
+			t.Fatalf("pid %d not reaped by its parent 1 s after the stop ended: state %q, traced by %d", pid, state, tracer)
+		}
+	}
+}
