@@ -96,6 +96,15 @@ func checkWorkload(t *testing.T, objs []*unstructured.Unstructured, flags string
 			if !hostPID || !slices.Equal(add, []string{"SYS_PTRACE"}) || !ro {
 				t.Errorf("DaemonSet: hostPID %v, capabilities %v, read-only root %v; want true, [SYS_PTRACE], true", hostPID, add, ro)
 			}
+			// The unauthenticated endpoints stay on the node's loopback, probed there.
+			if !slices.ContainsFunc(c["args"].([]any), func(a any) bool { return strings.HasPrefix(a.(string), "--listen=127.0.0.1:") }) {
+				t.Errorf("DaemonSet: the agent does not listen on 127.0.0.1 only: %v", c["args"])
+			}
+			for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+				if host, _, _ := unstructured.NestedString(c, probe, "httpGet", "host"); host != "127.0.0.1" {
+					t.Errorf("DaemonSet: %s probes %q, want 127.0.0.1", probe, host)
+				}
+			}
 			sawDS = true
 		}
 	}

@@ -10,6 +10,7 @@ time=${FUZZTIME:-60s}
 targets=(
   internal/gobin:FuzzNew          # ELF, build information, pclntab, moduledata, type descriptors
   internal/locate:FuzzValidate    # the memory scan, the runner validator, the layout from values
+  internal/locate:FuzzLayout      # layouts from crafted type descriptors, into the scan and the validator
   internal/kpmetrics:FuzzParse    # kube-proxy's metrics page
   internal/kpmetrics:FuzzConfig   # kube-proxy's /configz
   internal/state:FuzzLoad         # state records

@@ -66,13 +66,13 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	self := strconv.Itoa(os.Getpid())
-	// A state directory anyone can write, so that the unprivileged run gets as far as the target.
+	// A state directory of the unprivileged user's own, so that its run gets as far as the target.
 	open, err := os.MkdirTemp("", "kptune-state-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(open)
-	if err := os.Chmod(open, 0o777); err != nil {
+	if err := os.Chown(open, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {

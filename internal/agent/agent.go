@@ -64,14 +64,17 @@ type Agent struct {
 	pol    policy.Policy
 
 	procs map[key]*managed
-	other map[key]bool // processes known not to be a kube-proxy of this node
+	other map[key]bool // processes known not to be a kube-proxy of this node, or refused
 	ready atomic.Bool
 	last  atomic.Int64
 }
 
+// key identifies a process: its PID and start time, and its executable's device and inode, since an
+// exec (runc init, or a shell's exec, turning into kube-proxy) keeps the first two.
 type key struct {
-	pid   int
-	start uint64
+	pid      int
+	start    uint64
+	dev, ino uint64
 }
 
 // managed is one kube-proxy.
@@ -95,6 +98,11 @@ type managed struct {
 	refused   time.Duration
 	retryAt   time.Time
 	badNotice string // the last override value warned about
+	// A kube-proxy builds its sync runners once it reaches the API server: until they are found,
+	// locating is tried every round, then less and less often.
+	misses     int
+	nextLocate time.Time
+	gaveUp     bool // refused: forgotten at the end of the round
 }
 
 // New checks the options and loads the configuration.
@@ -192,11 +200,19 @@ func (a *Agent) serve() (*http.Server, error) {
 func (a *Agent) reconcile(ctx context.Context) {
 	a.reload()
 	a.discover()
-	for _, mp := range a.procs {
+	for k, mp := range a.procs {
 		if ctx.Err() != nil {
 			return
 		}
-		a.tend(ctx, mp)
+		a.guard(mp.proc.PID, "tend", func() { a.tend(ctx, mp) })
+		if mp.gaveUp {
+			// Refused for good (a panic, or what locating it found): examined again only if it
+			// execs another executable.
+			mp.bin.Close()
+			a.m.forget(strconv.Itoa(k.pid))
+			delete(a.procs, k)
+			a.other[k] = true
+		}
 	}
 	a.m.kubeProxies.Set(float64(len(a.procs)))
 	now := time.Now()
@@ -247,21 +263,32 @@ func (a *Agent) discover() {
 	self := os.Getpid()
 	seen := map[key]bool{}
 	for _, p := range procs {
-		k := key{p.PID, p.StartTime}
+		if p.PID == self || len(p.Cmdline) == 0 {
+			continue // the agent, and kernel threads
+		}
+		k := key{pid: p.PID, start: p.StartTime}
+		k.dev, k.ino, _ = procfs.ExeID(p.PID) // 0, 0 for a process that exited meanwhile: seen next round
 		seen[k] = true
-		if p.PID == self || len(p.Cmdline) == 0 || a.other[k] || a.procs[k] != nil {
+		if a.other[k] || a.procs[k] != nil {
 			continue
 		}
-		_, bin, err := inspect.Open(p.PID)
-		if err != nil || !a.serves(p) {
-			if bin != nil {
+		a.other[k] = true // until examined to the end: a panic leaves it refused
+		a.guard(p.PID, "examine", func() {
+			_, bin, err := inspect.Open(p.PID)
+			switch {
+			case errors.Is(err, inspect.ErrSuspect):
+				a.refuse(p.PID, "identity", err)
+				return
+			case err != nil:
+				return
+			case !a.serves(p):
 				bin.Close()
+				return
 			}
-			a.other[k] = true
-			continue
-		}
-		a.procs[k] = &managed{proc: p, bin: bin}
-		a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
+			delete(a.other, k)
+			a.procs[k] = &managed{proc: p, bin: bin}
+			a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
+		})
 	}
 	for k, mp := range a.procs {
 		if !seen[k] {
@@ -293,12 +320,26 @@ func (a *Agent) tend(ctx context.Context, mp *managed) {
 	pid := strconv.Itoa(mp.proc.PID)
 	now := time.Now()
 	if !mp.located {
-		start := time.Now()
-		t, found, _, err := inspect.LocateBy(ctx, mp.proc.PID, mp.bin, inspect.LocateOptions{Locator: inspect.ByScan})
-		if err != nil {
-			// A kube-proxy builds its proxiers once it reaches the API server: try again next round.
-			a.log.Debug("runners not found yet", "pid", mp.proc.PID, "error", err)
+		if now.Before(mp.nextLocate) {
 			return
+		}
+		start := time.Now()
+		lctx, cancel := context.WithTimeout(ctx, locateTimeout)
+		t, found, _, err := inspect.LocateBy(lctx, mp.proc.PID, mp.bin, inspect.LocateOptions{Locator: inspect.ByScan})
+		cancel()
+		switch {
+		case errors.Is(err, inspect.ErrNoRunner):
+			// A kube-proxy builds its proxiers once it reaches the API server: try again.
+			mp.misses++
+			mp.nextLocate = now.Add(locateBackoff(mp.misses, a.o.Interval))
+			a.log.Debug("runners not found yet", "pid", mp.proc.PID, "error", err, "next", mp.nextLocate)
+			return
+		case err != nil && procfs.Alive(mp.proc.PID, mp.proc.StartTime):
+			a.refuse(mp.proc.PID, "locate", err)
+			mp.gaveUp = true
+			return
+		case err != nil:
+			return // it exited: forgotten next round
 		}
 		a.m.locate.Observe(time.Since(start).Seconds())
 		mp.target, mp.runners, mp.located = t, found, true
@@ -341,17 +382,48 @@ func (a *Agent) tend(ctx context.Context, mp *managed) {
 	a.write(mp, current, desired, source)
 }
 
+// locateTimeout bounds one search for a kube-proxy's runners (230 ms at 5000 Services).
+const locateTimeout = 20 * time.Second
+
+// locateBackoff is the wait before the next search for the runners of a kube-proxy in which misses
+// searches found none: every round for the first five (a kube-proxy that is starting), then twice as
+// long each time, up to two minutes (a process that passes for a kube-proxy and never holds one).
+func locateBackoff(misses int, interval time.Duration) time.Duration {
+	if misses <= 5 {
+		return 0
+	}
+	return min(interval<<min(misses-5, 16), 2*time.Minute)
+}
+
+// guard runs one process's work; a panic in it (a defect in reading what that process holds) is
+// logged and counted, and refuses that process rather than ending the agent. It is never used
+// inside a stop of kube-proxy: a panic there ends the agent, and the kernel releases kube-proxy.
+func (a *Agent) guard(pid int, what string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.m.panics.Inc()
+			a.refuse(pid, "panic", fmt.Errorf("%s: panic: %v\n%s", what, r, debug.Stack()))
+			for _, mp := range a.procs {
+				if mp.proc.PID == pid {
+					mp.gaveUp = true
+				}
+			}
+		}
+	}()
+	fn()
+}
+
+// refuse reports a process the agent will not manage, with why.
+func (a *Agent) refuse(pid int, reason string, err error) {
+	a.m.refused.WithLabelValues(reason).Inc()
+	a.log.Warn("process refused", "pid", pid, "reason", reason, "error", err)
+}
+
 // desired is the period the node's override or the policy asks for (0: no decision yet).
 func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration, now time.Time) (time.Duration, string) {
 	if v, ok := a.kube.override(); ok {
-		d, err := time.ParseDuration(v)
-		if err == nil && d > 0 {
+		if d, ok := a.override(mp, v); ok {
 			return d, "node annotation"
-		}
-		if mp.badNotice != v {
-			mp.badNotice = v
-			a.log.Warn("ignoring the node's override", "annotation", Annotation, "value", v)
-			a.kube.event(corev1.EventTypeWarning, "InvalidOverride", "%s=%q is not a positive duration: ignored", Annotation, v)
 		}
 	}
 	if s, ok := a.pol.(policy.Static); ok {
@@ -418,6 +490,38 @@ func (a *Agent) desired(ctx context.Context, mp *managed, current time.Duration,
 	}
 	mp.window, mp.decided, mp.desired = &s, now, d.Period
 	return d.Period, "adaptive"
+}
+
+// override reads the node's annotation value v: a period clamped to the configuration's floor and
+// ceiling, since whoever may patch the Node sets it (a node's kubelet may patch its own Node). A value
+// that is not a positive duration is ignored; one outside the bounds is held at the nearest. Either
+// is reported once (log, Event, metric).
+func (a *Agent) override(mp *managed, v string) (time.Duration, bool) {
+	d, err := time.ParseDuration(v)
+	floor, ceiling := a.cfg.Floor.Duration, a.cfg.Ceiling.Duration
+	notice := func(reason, format string, args ...any) {
+		if mp.badNotice == v {
+			return
+		}
+		mp.badNotice = v
+		a.m.overrides.WithLabelValues(reason).Inc()
+		msg := fmt.Sprintf(format, args...)
+		a.log.Warn("the node's override is "+reason, "annotation", Annotation, "value", v, "detail", msg)
+		a.kube.event(corev1.EventTypeWarning, "InvalidOverride", "%s=%q %s", Annotation, v, msg)
+	}
+	switch {
+	case err != nil || d <= 0:
+		notice("ignored", "is not a positive duration: ignored")
+		return 0, false
+	case d < floor:
+		notice("clamped", "is below the floor %v: %v is held", floor, floor)
+		return floor, true
+	case d > ceiling:
+		notice("clamped", "is above the ceiling %v: %v is held", ceiling, ceiling)
+		return ceiling, true
+	}
+	mp.badNotice = ""
+	return d, true
 }
 
 // maxIdle is the longest an idle kube-proxy's metrics go unread.

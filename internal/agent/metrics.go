@@ -24,6 +24,9 @@ type metrics struct {
 	changes     *prometheus.GaugeVec
 	reloads     *prometheus.CounterVec
 	lastLoop    prometheus.Gauge
+	refused     *prometheus.CounterVec
+	panics      prometheus.Counter
+	overrides   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -53,6 +56,12 @@ func newMetrics() *metrics {
 			Help: "Reloads of the configuration file."}, []string{"result"}),
 		lastLoop: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "last_reconcile_timestamp_seconds",
 			Help: "When the agent last went over the node's kube-proxies."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "processes_refused_total",
+			Help: "Processes that looked like a kube-proxy and were refused: by their identity (uid, executable, build information), by what locating their runners found, or after a panic reading them."}, []string{"reason"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "panics_total",
+			Help: "Panics recovered while reading a process; the process is refused and the agent goes on."}),
+		overrides: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "override_rejected_total",
+			Help: "Values of the node's kptune.io/min-sync-period annotation not held as given: ignored (not a positive duration) or clamped to the configuration's floor or ceiling."}, []string{"result"}),
 	}
 	m.reg.MustRegister(m.own()...)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -61,7 +70,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) own() []prometheus.Collector {
 	return []prometheus.Collector{m.kubeProxies, m.period, m.desired, m.writes, m.refusals, m.locate, m.stop, m.cpu,
-		m.syncCost, m.changes, m.reloads, m.lastLoop}
+		m.syncCost, m.changes, m.reloads, m.lastLoop, m.refused, m.panics, m.overrides}
 }
 
 var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)

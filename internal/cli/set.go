@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -102,16 +103,12 @@ func newSetCommand() *cobra.Command {
 			if err := checkOutput(f.output); err != nil {
 				return err
 			}
-			res, err := tune.Set(o)
-			if err != nil {
-				return err
-			}
-			return printResult(cmd.OutOrStdout(), f.output, res)
+			return report(cmd.OutOrStdout(), f.output)(tune.Set(o))
 		},
 	}
 	f.register(cmd)
 	cmd.Flags().StringVar(&f.runner, "runner", "all", "the runner to change: an address from kptune inspect, or all")
-	cmd.Flags().BoolVar(&f.force, "force", false, "set a period even where a queued change could wait close to 2 × syncPeriod (/healthz would answer 503)")
+	cmd.Flags().BoolVar(&f.force, "force", false, "set a period even where a queued change could wait close to 2 × syncPeriod (/healthz would answer 503), or with an unconfirmed built-in layout")
 	cmd.Flags().DurationVar(&f.minSync, "min-sync-period", 0, "the new minimum sync period")
 	cmd.Flags().Int64Var(&f.burst, "burst", 2, "the token bucket's burst (k8s ≤ 1.33)")
 	cmd.Flags().DurationVar(&f.retry, "retry-period", 0, "the retry period after a failed sync (k8s ≥ 1.34)")
@@ -133,15 +130,25 @@ func newResetCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := tune.Reset(o)
-			if err != nil {
-				return err
-			}
-			return printResult(cmd.OutOrStdout(), f.output, res)
+			return report(cmd.OutOrStdout(), f.output)(tune.Reset(o))
 		},
 	}
 	f.register(cmd)
+	cmd.Flags().BoolVar(&f.force, "force", false, "restore even where a rail refuses the recorded value, or with an unconfirmed built-in layout")
 	return cmd
+}
+
+// report prints what was done, also when some kube-proxies failed (each with its error), and
+// returns the error: the exit status is non-zero if any process failed.
+func report(out io.Writer, format string) func(tune.Result, error) error {
+	return func(res tune.Result, err error) error {
+		if len(res.Processes) > 0 {
+			if perr := printResult(out, format, res); perr != nil {
+				return errors.Join(err, perr)
+			}
+		}
+		return err
+	}
 }
 
 func checkOutput(o string) error {
@@ -173,6 +180,9 @@ func printResult(out io.Writer, format string, res tune.Result) error {
 		}
 		for _, n := range p.Notes {
 			fmt.Fprintf(tw, "%d\tnote: %s\n", p.PID, n)
+		}
+		if p.Error != "" {
+			fmt.Fprintf(tw, "%d\terror: %s\n", p.PID, p.Error)
 		}
 	}
 	return tw.Flush()

@@ -31,6 +31,18 @@ import (
 // ErrNotGo is returned for an executable without Go build information.
 var ErrNotGo = errors.New("not a Go executable")
 
+// Bounds on what is read of an executable. Everything in the file is untrusted (any process on a
+// node can run a crafted one), so no size it claims is allocated or read past these.
+const (
+	// MaxExecutable is the largest executable analysed; kube-proxy is 40–80 MiB.
+	MaxExecutable = 1 << 30
+	// MaxRead bounds one section read whole, and all the writable data searched for moduledata;
+	// kube-proxy's largest section, its function table, is 27 MiB.
+	MaxRead = 256 << 20
+	// chunk is how much of a section is held at once where it is searched.
+	chunk = 1 << 20
+)
+
 // Binary is an analysed Go executable.
 type Binary struct {
 	Path      string
@@ -57,18 +69,35 @@ type Binary struct {
 }
 
 // Open analyses the executable at path (for a live process, /proc/PID/exe).
-func Open(path string) (*Binary, error) {
+func Open(path string) (*Binary, error) { return OpenVetted(path, nil) }
+
+// OpenVetted analyses the executable at path if vet, called with its build information before
+// anything else is read, accepts it: a process that is not wanted costs one small read.
+func OpenVetted(path string, vet func(*buildinfo.BuildInfo) error) (*Binary, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	b, err := New(f)
+	b, err := newFile(f, vet)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	b.Path, b.close = path, f
 	return b, nil
+}
+
+func newFile(f *os.File, vet func(*buildinfo.BuildInfo) error) (*Binary, error) {
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, err
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
+	case st.Size() > MaxExecutable:
+		return nil, fmt.Errorf("%d MiB: larger than any kube-proxy (%d MiB at most are read)", st.Size()>>20, MaxExecutable>>20)
+	}
+	return newVetted(f, vet)
 }
 
 // Close releases the file.
@@ -80,14 +109,24 @@ func (b *Binary) Close() error {
 }
 
 // New analyses an executable read through r.
-func New(r io.ReaderAt) (*Binary, error) {
+func New(r io.ReaderAt) (*Binary, error) { return newVetted(r, nil) }
+
+func newVetted(r io.ReaderAt, vet func(*buildinfo.BuildInfo) error) (*Binary, error) {
+	bi, err := buildinfo.Read(r)
+	if err != nil {
+		if _, eerr := elf.NewFile(r); eerr != nil {
+			return nil, fmt.Errorf("parse ELF file: %w", eerr)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrNotGo, err)
+	}
+	if vet != nil {
+		if err := vet(bi); err != nil {
+			return nil, err
+		}
+	}
 	ef, err := elf.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("parse ELF file: %w", err)
-	}
-	bi, err := buildinfo.Read(r)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotGo, err)
 	}
 	b := &Binary{ELF: ef, Build: bi, GoVersion: bi.GoVersion, Order: ef.ByteOrder, PIE: ef.Type == elf.ET_DYN}
 	b.GoMinor = goMinor(bi.GoVersion)
@@ -154,6 +193,10 @@ func (b *Binary) funcTable() (*gosym.Table, error) {
 			b.tableErr = err
 			return
 		}
+		if s.Size > MaxRead {
+			b.tableErr = fmt.Errorf("%s of %d MiB: larger than any kube-proxy's", s.Name, s.Size>>20)
+			return
+		}
 		data, err := s.Data()
 		if err != nil {
 			b.tableErr = fmt.Errorf("read %s: %w", s.Name, err)
@@ -194,7 +237,8 @@ func (b *Binary) FuncTableErr() error {
 // ReadAt reads len(p) bytes of the file's image at virtual address addr (unrelocated).
 func (b *Binary) ReadAt(p []byte, addr uint64) error {
 	for _, prog := range b.ELF.Progs {
-		if prog.Type != elf.PT_LOAD || addr < prog.Vaddr || addr+uint64(len(p)) > prog.Vaddr+prog.Memsz {
+		// In subtractions: the file's addresses and sizes may be chosen to wrap a sum.
+		if prog.Type != elf.PT_LOAD || addr < prog.Vaddr || addr-prog.Vaddr > prog.Memsz || uint64(len(p)) > prog.Memsz-(addr-prog.Vaddr) {
 			continue
 		}
 		off := addr - prog.Vaddr
@@ -243,7 +287,7 @@ func (b *Binary) FileOffsetData(addr uint64) (uint64, error) {
 
 func (b *Binary) fileOffset(addr uint64, flags elf.ProgFlag) (uint64, bool) {
 	for _, prog := range b.ELF.Progs {
-		if prog.Type == elf.PT_LOAD && prog.Flags&flags == flags && addr >= prog.Vaddr && addr < prog.Vaddr+prog.Filesz {
+		if prog.Type == elf.PT_LOAD && prog.Flags&flags == flags && addr >= prog.Vaddr && addr-prog.Vaddr < prog.Filesz {
 			return addr - prog.Vaddr + prog.Off, true
 		}
 	}
@@ -269,7 +313,7 @@ func (b *Binary) word(p []byte) uint64 {
 // section returns the section holding addr.
 func (b *Binary) section(addr uint64) *elf.Section {
 	for _, s := range b.ELF.Sections {
-		if s.Flags&elf.SHF_ALLOC != 0 && addr >= s.Addr && addr < s.Addr+s.Size {
+		if s.Flags&elf.SHF_ALLOC != 0 && addr >= s.Addr && addr-s.Addr < s.Size {
 			return s
 		}
 	}

@@ -179,3 +179,73 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("missing file: got %v", err)
 	}
 }
+
+// TestRelocationOffsetNear2to64: a PIE executable whose relocation section holds an entry at an
+// offset near 2^64 is read without a panic (the offset plus a word wrapped, and the entry was
+// applied far outside the buffer), and the entry is not applied.
+func TestRelocationOffsetNear2to64(t *testing.T) {
+	path, err := testbed.Build{Version: "v1.33.5", PIE: true}.Fixture(context.Background(), testbed.AsyncRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ef, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rela *elf.Section
+	for _, s := range ef.Sections {
+		if s.Type == elf.SHT_RELA && s.Size >= 48 {
+			rela = s
+			break
+		}
+	}
+	if rela == nil {
+		t.Fatal("the PIE fixture has no relocation section")
+	}
+	// The entry with the highest offset: after sorting it is the last, reached by any read that
+	// covers the highest real one. The next highest still applies.
+	best, bestOff, next, nextAddend := -1, uint64(0), uint64(0), uint64(0)
+	for i := uint64(0); i+24 <= rela.Size; i += 24 {
+		at := rela.Offset + i
+		if uint32(ef.ByteOrder.Uint64(data[at+8:])) != uint32(elf.R_X86_64_RELATIVE) {
+			continue
+		}
+		off := ef.ByteOrder.Uint64(data[at:])
+		if off >= bestOff {
+			if best >= 0 {
+				next, nextAddend = bestOff, ef.ByteOrder.Uint64(data[best+16:])
+			}
+			best, bestOff = int(at), off
+		} else if off > next {
+			next, nextAddend = off, ef.ByteOrder.Uint64(data[at+16:])
+		}
+	}
+	if best < 0 || next == 0 {
+		t.Fatal("fewer than two R_X86_64_RELATIVE entries")
+	}
+	ef.ByteOrder.PutUint64(data[best:], 1<<64-4)
+	b, err := New(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("the binary with one wild relocation is refused: %v", err)
+	}
+	for _, p := range b.ELF.Progs {
+		if p.Type != elf.PT_LOAD || p.Memsz > 256<<20 {
+			continue
+		}
+		buf := make([]byte, p.Memsz)
+		if err := b.ReadAt(buf, p.Vaddr); err != nil {
+			t.Errorf("read segment %#x: %v", p.Vaddr, err)
+		}
+	}
+	var w [8]byte
+	if err := b.ReadAt(w[:], next); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Order.Uint64(w[:]); got != nextAddend {
+		t.Errorf("the word at %#x reads %#x, want its relocation's addend %#x", next, got, nextAddend)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 )
 
@@ -26,21 +27,9 @@ func (b *Binary) findModuleData(pclnAddr uint64) error {
 	if s := b.ELF.Section(".go.module"); s != nil {
 		candidates = append(candidates, s.Addr)
 	} else {
-		// Its first word points at the pclntab header.
-		for _, s := range b.ELF.Sections {
-			if s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_WRITE == 0 || s.Type == elf.SHT_NOBITS {
-				continue
-			}
-			data, err := s.Data()
-			if err != nil {
-				continue
-			}
-			b.applyRelocs(data, s.Addr)
-			for off := 0; off+b.PtrSize <= len(data); off += b.PtrSize {
-				if b.word(data[off:]) == pclnAddr {
-					candidates = append(candidates, s.Addr+uint64(off))
-				}
-			}
+		var err error
+		if candidates, err = b.pointersTo(pclnAddr); err != nil {
+			return err
 		}
 	}
 	typesAt := mdTypes120
@@ -75,6 +64,37 @@ func (b *Binary) findModuleData(pclnAddr uint64) error {
 	return fmt.Errorf("no valid moduledata: %w", errors.Join(errs...))
 }
 
+// pointersTo returns the addresses of the words of the file's writable data that hold addr (with
+// relocations applied), where moduledata is looked for before Go 1.26. Sections are read a chunk at
+// a time, and no more than MaxRead bytes in all: the file is untrusted and may claim any size.
+func (b *Binary) pointersTo(addr uint64) ([]uint64, error) {
+	var out []uint64
+	budget := uint64(MaxRead)
+	buf := make([]byte, chunk)
+	for _, s := range b.ELF.Sections {
+		if s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_WRITE == 0 || s.Type == elf.SHT_NOBITS {
+			continue
+		}
+		if s.Size > budget {
+			return nil, fmt.Errorf("writable data larger than %d MiB: not a Go executable kptune reads", MaxRead>>20)
+		}
+		budget -= s.Size
+		for off := uint64(0); off < s.Size; off += chunk {
+			p := buf[:min(chunk, s.Size-off)]
+			if n, _ := s.ReadAt(p, int64(off)); n < len(p) {
+				break // a truncated section cannot hold a valid moduledata past its end
+			}
+			b.applyRelocs(p, s.Addr+off)
+			for i := 0; i+b.PtrSize <= len(p); i += b.PtrSize {
+				if b.word(p[i:]) == addr {
+					out = append(out, s.Addr+off+uint64(i))
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // applyRelocs fills in the R_*_RELATIVE relocations of a PIE executable over p, which holds the
 // image at addr: the linker may leave the words zero in the file and keep the value only in the
 // relocation's addend.
@@ -85,9 +105,15 @@ func (b *Binary) applyRelocs(p []byte, addr uint64) {
 	if b.relocs == nil {
 		b.relocs = b.loadRelocs()
 	}
+	// The offsets come from the file: the arithmetic must not wrap (an entry near 2^64 would
+	// otherwise index far outside p).
+	if len(p) < 8 || addr > math.MaxUint64-uint64(len(p)) {
+		return
+	}
+	last := addr + uint64(len(p)) - 8 // the last place a word fits in p
 	r := b.relocs
 	i := sort.Search(len(r), func(i int) bool { return r[i].off >= addr })
-	for ; i < len(r) && r[i].off+8 <= addr+uint64(len(p)); i++ {
+	for ; i < len(r) && r[i].off <= last; i++ {
 		b.Order.PutUint64(p[r[i].off-addr:], r[i].addend)
 	}
 }
@@ -97,7 +123,7 @@ type reloc struct{ off, addend uint64 }
 func (b *Binary) loadRelocs() []reloc {
 	out := []reloc{}
 	for _, s := range b.ELF.Sections {
-		if s.Type != elf.SHT_RELA {
+		if s.Type != elf.SHT_RELA || s.Size > MaxRead {
 			continue
 		}
 		data, err := s.Data()

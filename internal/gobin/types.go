@@ -56,6 +56,9 @@ func (b *Binary) loadTypes() error {
 	if b.ETypes < b.Types || !b.inFile(b.Types, b.ETypes-b.Types) {
 		return fmt.Errorf("read type descriptors: [%#x, %#x) is not in the file's image", b.Types, b.ETypes)
 	}
+	if b.ETypes-b.Types > MaxRead {
+		return fmt.Errorf("read type descriptors: %d MiB, more than any kube-proxy has", (b.ETypes-b.Types)>>20)
+	}
 	types := make([]byte, b.ETypes-b.Types)
 	if err := b.ReadAt(types, b.Types); err != nil {
 		return fmt.Errorf("read type descriptors: %w", err)

@@ -4,6 +4,7 @@ package inspect
 
 import (
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"os"
@@ -58,18 +59,41 @@ type Runner struct {
 	Reason        string   `json:"reason,omitempty"`
 }
 
-// IsKubeProxy reports whether an executable is a kube-proxy, from its build information (renamed
-// binaries are found), else its name.
-func IsKubeProxy(b *gobin.Binary, p procfs.Process) bool {
-	if b.Build.Path == KubeProxyMain {
-		return true
+// ErrNotKubeProxy is wrapped by every refusal of a process as a kube-proxy.
+var ErrNotKubeProxy = errors.New("not a kube-proxy")
+
+// What makes a process a kube-proxy, checked before anything costly is read of it, because any
+// process of the node can be looked at and none is trusted:
+//   - it runs as root (real and effective uid 0, as kube-proxy's DaemonSet runs it);
+//   - its executable is a regular file of at most gobin.MaxExecutable bytes, an ELF Go program;
+//   - its build information names k8s.io/kubernetes/cmd/kube-proxy as the main package, and
+//     k8s.io/client-go among the modules it was built with.
+//
+// The checks keep the work spent on other processes small; they are not what makes a write safe:
+// a process that passes them still has every size and offset of its binary bounded, and every
+// runner validated, before anything is written.
+
+// notKubeProxy is a refusal that says what the process is instead.
+type notKubeProxy struct{ is string }
+
+func (e notKubeProxy) Error() string        { return e.is + ", not a kube-proxy" }
+func (e notKubeProxy) Is(target error) bool { return target == ErrNotKubeProxy }
+
+// Vet checks the build information of a kube-proxy candidate.
+func Vet(bi *buildinfo.BuildInfo) error {
+	if bi.Path != KubeProxyMain {
+		return notKubeProxy{"the Go program " + bi.Path}
 	}
-	return b.Build.Path == "" && p.Comm == "kube-proxy"
+	for _, d := range bi.Deps {
+		if d.Path == "k8s.io/client-go" {
+			return nil
+		}
+	}
+	return notKubeProxy{"a program with kube-proxy's main package built without k8s.io/client-go (every kube-proxy links it)"}
 }
 
-// Discover returns the kube-proxy processes of the host: every process whose executable's build
-// information names kube-proxy. Processes that are not Go programs, or that vanish while being read,
-// are passed over.
+// Discover returns the kube-proxy processes of the host. Processes that are not kube-proxies, or
+// that vanish while being read, are passed over.
 func Discover() ([]procfs.Process, error) {
 	var out []procfs.Process
 	err := discover(func(p procfs.Process, _ *gobin.Binary) { out = append(out, p) })
@@ -93,17 +117,25 @@ func discover(fn func(procfs.Process, *gobin.Binary)) error {
 		if p.PID == self || len(p.Cmdline) == 0 {
 			continue // kptune itself, and kernel threads
 		}
-		b, err := gobin.Open(p.Exe())
+		p, b, err := Open(p.PID)
 		if err != nil {
 			continue
 		}
-		if IsKubeProxy(b, p) {
-			fn(p, b)
-		}
+		fn(p, b)
 		b.Close()
 	}
 	return nil
 }
+
+// ErrSuspect is wrapped by the refusal of a process that looks like a kube-proxy (it is named
+// kube-proxy, or its build information says so) and fails a check: unlike the many processes that
+// are plainly something else, such a refusal is worth a warning.
+var ErrSuspect = errors.New("looks like a kube-proxy")
+
+// suspect wraps err with ErrSuspect, keeping err's message.
+type suspect struct{ error }
+
+func (s suspect) Unwrap() []error { return []error{s.error, ErrSuspect} }
 
 // Open opens the executable of process pid and checks that it is a kube-proxy, with a one-line
 // error that says what to do otherwise.
@@ -115,20 +147,35 @@ func Open(pid int) (procfs.Process, *gobin.Binary, error) {
 		}
 		return p, nil, err
 	}
-	b, err := gobin.Open(p.Exe())
+	named := p.Comm == "kube-proxy"
+	refuse := func(claims bool, err error) (procfs.Process, *gobin.Binary, error) {
+		if claims || named {
+			err = suspect{err}
+		}
+		return p, nil, err
+	}
+	if ruid, euid, err := procfs.UIDs(pid); err != nil {
+		return p, nil, fmt.Errorf("pid %d (%s): %w", pid, p.Comm, err)
+	} else if ruid != 0 || euid != 0 {
+		return refuse(false, fmt.Errorf("pid %d (%s) runs as uid %d (effective %d), %w: kube-proxy runs as root; pick a kube-proxy PID", pid, p.Comm, ruid, euid, ErrNotKubeProxy))
+	}
+	claims := false // its build information names kube-proxy's main package
+	b, err := gobin.OpenVetted(p.Exe(), func(bi *buildinfo.BuildInfo) error {
+		claims = bi.Path == KubeProxyMain
+		return Vet(bi)
+	})
+	var nk notKubeProxy
 	switch {
 	case errors.Is(err, os.ErrPermission):
 		return p, nil, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
 	case errors.Is(err, gobin.ErrNotGo):
-		return p, nil, fmt.Errorf("pid %d (%s) is not a Go program, so not a kube-proxy: pick a kube-proxy PID", pid, p.Comm)
+		return refuse(false, fmt.Errorf("pid %d (%s) is not a Go program, so %w: pick a kube-proxy PID", pid, p.Comm, ErrNotKubeProxy))
 	case errors.Is(err, os.ErrNotExist):
 		return p, nil, fmt.Errorf("pid %d (%s) has no readable executable (a kernel thread, or it exited): pick a kube-proxy PID", pid, p.Comm)
+	case errors.As(err, &nk):
+		return refuse(claims, fmt.Errorf("pid %d (%s) is %w: pick a kube-proxy PID", pid, p.Comm, nk))
 	case err != nil:
-		return p, nil, fmt.Errorf("pid %d (%s): %w", pid, p.Comm, err)
-	}
-	if !IsKubeProxy(b, p) {
-		b.Close()
-		return p, nil, fmt.Errorf("pid %d (%s) is the Go program %s, not a kube-proxy: pick a kube-proxy PID", pid, p.Comm, b.Build.Path)
+		return refuse(claims, fmt.Errorf("pid %d (%s): %w", pid, p.Comm, err))
 	}
 	return p, b, nil
 }
@@ -185,20 +232,14 @@ func Target(pid int, b *gobin.Binary) (locate.Target, error) {
 	return locate.Target{Mem: memory.Process{PID: pid}, Maps: maps, Bias: bias, Binary: b, Layout: l}, nil
 }
 
-// Locate finds the runners of process pid, whose executable b is.
-func Locate(pid int, b *gobin.Binary) ([]locate.Found, locate.Layout, error) {
-	t, found, err := LocateTarget(pid, b)
-	return found, t.Layout, err
-}
-
 // LocateTarget prepares the scan of process pid and finds its runners; at least one, or an error
 // that says why there is none.
-func LocateTarget(pid int, b *gobin.Binary) (locate.Target, []locate.Found, error) {
+func LocateTarget(ctx context.Context, pid int, b *gobin.Binary) (locate.Target, []locate.Found, error) {
 	t, err := Target(pid, b)
 	if err != nil {
 		return t, nil, err
 	}
-	found, err := locate.Scan(t)
+	found, err := locate.Scan(ctx, t)
 	if err != nil {
 		return t, nil, err
 	}
@@ -265,7 +306,7 @@ func locateBy(ctx context.Context, pid int, b *gobin.Binary, o LocateOptions) (l
 		found, err := uprobe(ctx, t, pid, o.Probe)
 		return t, found, string(ByUprobe), err
 	}
-	t, scanned, err := LocateTarget(pid, b)
+	t, scanned, err := LocateTarget(ctx, pid, b)
 	switch {
 	case o.Locator == ByScan:
 		return t, scanned, string(ByScan), err
@@ -419,6 +460,7 @@ func confirmBuiltin(ctx context.Context, pid int, t *locate.Target, f locate.Fou
 		}
 	}
 	if err != nil {
+		t.Layout.Unconfirmed = err.Error()
 		t.Layout.Source += " (unconfirmed: " + err.Error() + ")"
 		return nil
 	}

@@ -51,7 +51,8 @@ func TestLocateFixtures(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer b.Close()
-			found, l, err := Locate(fx.PID, b)
+			tg, found, err := LocateTarget(context.Background(), fx.PID, b)
+			l := tg.Layout
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -101,7 +101,7 @@ func FuzzValidate(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		found, err := locate.Scan(tg)
+		found, err := locate.Scan(context.Background(), tg)
 		if err != nil || len(found) != 1 {
 			f.Fatalf("scan of the live fixture: %v, %v", found, err)
 		}
@@ -127,7 +127,7 @@ func FuzzValidate(f *testing.F) {
 				tg.Maps = append(tg.Maps, procfs.Mapping{Start: g.addr, End: g.addr + uint64(len(g.data)), Perms: "rw-p"})
 			}
 		}
-		found, err := locate.Scan(tg)
+		found, err := locate.Scan(context.Background(), tg)
 		if err != nil && !errors.Is(err, memory.ErrExited) {
 			return
 		}
@@ -144,6 +144,71 @@ func FuzzValidate(f *testing.F) {
 		obs := make(locate.Observation, 256)
 		if segs.ReadAt(obs, addr) == nil {
 			_, _ = locate.LayoutFromValues(tg, addr, obs, obs, locate.Periods{MinSync: 1300 * time.Millisecond, Sync: 30 * time.Second})
+		}
+	})
+}
+
+// FuzzLayout: a layout read from a fuzzed binary (the async runner fixture with a patch spliced into
+// its type descriptors, where a crafted kube-proxy declares what it likes) is refused, or bounded:
+// the scan and the validator over any memory image neither panic nor allocate what it claims, and
+// what they return validates again.
+func FuzzLayout(f *testing.F) {
+	path, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
+	if err != nil {
+		f.Fatal(err)
+	}
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	bin, err := gobin.New(bytes.NewReader(orig))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, st := range [][2]string{{"async.BoundedFrequencyRunner", locate.AsyncPkg}, {"flowcontrol.tokenBucketRateLimiter", locate.FlowcontrolPkg},
+		{"flowcontrol.tokenBucketPassiveRateLimiter", locate.FlowcontrolPkg}, {"rate.Limiter", locate.RatePkg}} {
+		s, err := bin.StructType(st[0], st[1])
+		if err != nil {
+			f.Fatal(err)
+		}
+		off, err := bin.FileOffsetData(s.Addr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(binary.LittleEndian.AppendUint64(nil, 1<<49), uint32(off), []byte{}, uint64(0)) // its size
+		f.Add(orig[off:off+64], uint32(off), []byte{}, uint64(0))
+	}
+	f.Fuzz(func(t *testing.T, patch []byte, at uint32, image []byte, addr uint64) {
+		data := bytes.Clone(orig)
+		copy(data[int(at)%len(data):], patch)
+		b, err := gobin.New(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		l, err := locate.LayoutOf(b)
+		if err != nil {
+			return
+		}
+		if err := l.Check(); err != nil {
+			t.Fatalf("LayoutOf returned a layout that fails its check: %v (%+v)", err, l)
+		}
+		segs := decode(image)
+		tg := locate.Target{Mem: segs, Binary: b, Layout: l}
+		for _, g := range segs {
+			if len(g.data) > 0 && g.addr+uint64(len(g.data)) > g.addr {
+				tg.Maps = append(tg.Maps, procfs.Mapping{Start: g.addr, End: g.addr + uint64(len(g.data)), Perms: "rw-p"})
+			}
+		}
+		found, _ := locate.Scan(context.Background(), tg)
+		for _, fd := range found {
+			if err := locate.Revalidate(tg, fd); err != nil {
+				t.Fatalf("the scan returned %+v, which does not validate again: %v", fd, err)
+			}
+		}
+		if fd, ok := locate.Validate(tg, addr); ok {
+			if err := locate.Revalidate(tg, fd); err != nil {
+				t.Fatalf("Validate returned %+v, which does not validate again: %v", fd, err)
+			}
 		}
 	})
 }

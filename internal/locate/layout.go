@@ -46,6 +46,9 @@ type Layout struct {
 	Limiter                                 uint64 // old generation: the rateLimiter interface
 	TokenBucketType                         uint64 // descriptor of flowcontrol.tokenBucketRateLimiter (0 if unknown)
 	TBLimiter, TBQPS, RateLimit, RateBurst  uint64 // old generation: offsets in the token bucket and rate.Limiter
+	// Unconfirmed says why the built-in layout could not be checked against a runner's values ("":
+	// it came from the binary, or was confirmed). Nothing is written with such a layout unless forced.
+	Unconfirmed string
 }
 
 // DetectGeneration tells the runner generation from the type descriptors the binary holds: a
@@ -98,9 +101,16 @@ func LayoutOf(b *gobin.Binary) (Layout, error) {
 	if err == nil {
 		return l, nil
 	}
+	if !errors.Is(err, gobin.ErrTypeNotFound) {
+		// The descriptors are there and contradict every kube-proxy: no other source overrules them.
+		return Layout{}, fmt.Errorf("the binary's type descriptors: %w", err)
+	}
 	l, derr := fromBinary(b, gen, b.DWARFStruct, "DWARF")
 	if derr == nil {
 		return l, nil
+	}
+	if !errors.Is(derr, gobin.ErrTypeNotFound) && !errors.Is(derr, gobin.ErrNoDWARF) {
+		return Layout{}, fmt.Errorf("the binary's DWARF: %w", derr)
 	}
 	if b.PtrSize == 8 {
 		l := builtin[gen]
@@ -131,17 +141,19 @@ func fromBinary(b *gobin.Binary, gen Generation, read structReader, source strin
 		return l, err
 	}
 	l.RunnerSize = r.Size
-	need := map[string]*uint64{"name": &l.Name, "minInterval": &l.MinInterval, "maxInterval": &l.MaxInterval, "run": &l.Run, "fn": &l.Fn}
+	// Sizes: a string header; durations, a channel and a func value are words; an interface two.
+	need := map[string]field{"name": {&l.Name, 16}, "minInterval": {&l.MinInterval, 8}, "maxInterval": {&l.MaxInterval, 8},
+		"run": {&l.Run, 8}, "fn": {&l.Fn, 8}}
 	if gen == Runner {
-		need["retryInterval"] = &l.RetryInterval
+		need["retryInterval"] = field{&l.RetryInterval, 8}
 	} else {
-		need["limiter"] = &l.Limiter
+		need["limiter"] = field{&l.Limiter, 16}
 	}
 	if err := offsets(r, need); err != nil {
 		return l, err
 	}
 	if gen == Runner {
-		return l, nil
+		return l, l.Check()
 	}
 	tb, err := read("flowcontrol.tokenBucketRateLimiter", FlowcontrolPkg)
 	if err != nil {
@@ -151,15 +163,15 @@ func fromBinary(b *gobin.Binary, gen Generation, read structReader, source strin
 	if err == nil {
 		// client-go ≥ v0.23 embeds the passive limiter, which holds the fields.
 		var embed uint64
-		if err := offsets(tb, map[string]*uint64{"tokenBucketPassiveRateLimiter": &embed}); err != nil {
+		if err := offsets(tb, map[string]field{"tokenBucketPassiveRateLimiter": {&embed, passive.Size}}); err != nil {
 			return l, err
 		}
-		if err := offsets(passive, map[string]*uint64{"limiter": &l.TBLimiter, "qps": &l.TBQPS}); err != nil {
+		if err := offsets(passive, map[string]field{"limiter": {&l.TBLimiter, 8}, "qps": {&l.TBQPS, 4}}); err != nil {
 			return l, err
 		}
 		l.TBLimiter += embed
 		l.TBQPS += embed
-	} else if err := offsets(tb, map[string]*uint64{"limiter": &l.TBLimiter, "qps": &l.TBQPS}); err != nil {
+	} else if err := offsets(tb, map[string]field{"limiter": {&l.TBLimiter, 8}, "qps": {&l.TBQPS, 4}}); err != nil {
 		return l, err
 	}
 	l.TokenBucketType = tb.Addr
@@ -167,16 +179,69 @@ func fromBinary(b *gobin.Binary, gen Generation, read structReader, source strin
 	if err != nil {
 		return l, err
 	}
-	return l, offsets(rl, map[string]*uint64{"limit": &l.RateLimit, "burst": &l.RateBurst})
+	if err := offsets(rl, map[string]field{"limit": {&l.RateLimit, 8}, "burst": {&l.RateBurst, 8}}); err != nil {
+		return l, err
+	}
+	return l, l.Check()
 }
 
-func offsets(s gobin.Struct, need map[string]*uint64) error {
-	for name, dst := range need {
+// field is where to put a field's offset, and the size it has in every kube-proxy.
+type field struct {
+	dst  *uint64
+	size uint64
+}
+
+// offsets reads the offsets of the named fields of s, each of which must have the size kube-proxy's
+// has, in a struct no larger than maxStruct: the type descriptors are the target's, and a crafted
+// binary could declare anything.
+func offsets(s gobin.Struct, need map[string]field) error {
+	if s.Size > maxStruct {
+		return fmt.Errorf("%s is %d bytes, larger than kube-proxy's (at most %d are read): a layout kptune does not know", s.Name, s.Size, maxStruct)
+	}
+	for name, want := range need {
 		f, ok := s.Field(name)
 		if !ok {
 			return fmt.Errorf("%s has no field %s: a layout kptune does not know", s.Name, name)
 		}
-		*dst = f.Offset
+		if f.Size != want.size {
+			return fmt.Errorf("%s.%s is %d bytes, not %d: a layout kptune does not know", s.Name, name, f.Size, want.size)
+		}
+		*want.dst = f.Offset
+	}
+	return nil
+}
+
+// maxStruct bounds the runner, the token bucket and the rate.Limiter (152, 48 and 80 bytes in
+// kube-proxy 1.33; 104 for the 1.34 runner).
+const maxStruct = 4 << 10
+
+// Check refuses a layout whose fields do not fit its runner, or whose runner or limiter offsets
+// exceed maxStruct: what the scan reads and the writer writes is bounded by it, whatever source it
+// came from.
+func (l Layout) Check() error {
+	if l.Generation != Async && l.Generation != Runner {
+		return fmt.Errorf("layout of unknown runner generation %q", l.Generation)
+	}
+	if l.RunnerSize == 0 || l.RunnerSize > maxStruct {
+		return fmt.Errorf("a runner of %d bytes: not a kube-proxy's (at most %d)", l.RunnerSize, maxStruct)
+	}
+	type placed struct {
+		name          string
+		off, size, in uint64
+	}
+	fs := []placed{{"name", l.Name, 16, l.RunnerSize}, {"minInterval", l.MinInterval, 8, l.RunnerSize},
+		{"maxInterval", l.MaxInterval, 8, l.RunnerSize}, {"run", l.Run, 8, l.RunnerSize}, {"fn", l.Fn, 8, l.RunnerSize}}
+	if l.Generation == Runner {
+		fs = append(fs, placed{"retryInterval", l.RetryInterval, 8, l.RunnerSize})
+	} else {
+		fs = append(fs, placed{"limiter", l.Limiter, 16, l.RunnerSize}, placed{"token bucket's limiter", l.TBLimiter, 8, maxStruct},
+			placed{"token bucket's qps", l.TBQPS, 4, maxStruct}, placed{"rate.Limiter's limit", l.RateLimit, 8, maxStruct},
+			placed{"rate.Limiter's burst", l.RateBurst, 8, maxStruct})
+	}
+	for _, f := range fs {
+		if f.off > f.in || f.size > f.in-f.off {
+			return fmt.Errorf("the %s layout puts %s at %d, outside its %d bytes", l.Generation, f.name, f.off, f.in)
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package locate
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
@@ -41,10 +42,23 @@ type Target struct {
 	Bias   uint64 // load bias of the executable (PIE), 0 otherwise
 	Binary *gobin.Binary
 	Layout Layout
+	// ScanLimit bounds the bytes the scan reads (0: MaxScan).
+	ScanLimit uint64
 }
 
 // chunk bounds each read of the target's memory.
 const chunk = 1 << 20
+
+// MaxScan is how much of a process's writable memory the scan reads at most: a kube-proxy's is
+// well under a GiB at 10k Services, and any process on a node can map terabytes (MAP_NORESERVE) to
+// make a scan of it outlast everything else kptune has to do.
+const MaxScan = 4 << 30
+
+// maxRunners bounds the runners a scan returns: a kube-proxy has one per proxier, two in dual-stack.
+const maxRunners = 16
+
+// ErrScanLimit is returned when a process's writable memory exceeds the scan's limit.
+var ErrScanLimit = errors.New("writable memory beyond the scan's limit")
 
 // LoadBias computes where a PIE executable was loaded, from the mapping of its first page.
 func LoadBias(b *gobin.Binary, maps []procfs.Mapping, exeInode uint64) (uint64, error) {
@@ -100,8 +114,25 @@ func nameAddrs(b *gobin.Binary) []uint64 {
 	return out
 }
 
-// Scan reads every private writable mapping of the target and returns the runners it validates.
-func Scan(t Target) ([]Found, error) {
+// Scan reads every private writable mapping of the target that holds anything but zeros, up to
+// its ScanLimit, and returns the runners it validates. It stops when ctx ends.
+func Scan(ctx context.Context, t Target) ([]Found, error) {
+	if err := t.Layout.Check(); err != nil {
+		return nil, err
+	}
+	limit := t.ScanLimit
+	if limit == 0 {
+		limit = MaxScan
+	}
+	var total uint64
+	for _, m := range t.Maps {
+		if scanned(m) {
+			total += m.End - m.Start
+		}
+	}
+	if total > limit {
+		return nil, fmt.Errorf("%w: %d MiB of private writable memory in use, more than the %d MiB kptune reads of a kube-proxy", ErrScanLimit, total>>20, limit>>20)
+	}
 	names := nameAddrs(t.Binary)
 	if len(names) == 0 {
 		return nil, fmt.Errorf("the string %q is not in the executable: not a kube-proxy", RunnerName)
@@ -118,10 +149,13 @@ func Scan(t Target) ([]Found, error) {
 	seen := map[uint64]bool{}
 	buf := make([]byte, chunk+16)
 	for _, m := range t.Maps {
-		if len(m.Perms) < 4 || m.Perms[0] != 'r' || m.Perms[1] != 'w' || m.Perms[3] != 'p' {
+		if !scanned(m) {
 			continue
 		}
 		for base := m.Start; base < m.End; base += chunk {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("scan stopped: %w", err)
+			}
 			n := min(uint64(chunk+16), m.End-base)
 			if err := t.Mem.ReadAt(buf[:n], base); err != nil {
 				if errors.Is(err, memory.ErrExited) || errors.Is(err, memory.ErrPermission) {
@@ -145,6 +179,9 @@ func Scan(t Target) ([]Found, error) {
 						continue
 					}
 					if f, ok := validate(t, addr); ok {
+						if len(found) == maxRunners {
+							return nil, fmt.Errorf("more than %d sync runners: not a kube-proxy (it has one per proxier, two at most)", maxRunners)
+						}
 						seen[addr] = true
 						found = append(found, f)
 					}
@@ -155,6 +192,11 @@ func Scan(t Target) ([]Found, error) {
 	return found, nil
 }
 
+// scanned reports whether the scan reads a mapping: private, writable, and not known to be zeros.
+func scanned(m procfs.Mapping) bool {
+	return len(m.Perms) >= 4 && m.Perms[0] == 'r' && m.Perms[1] == 'w' && m.Perms[3] == 'p' && !m.Untouched && m.End > m.Start
+}
+
 // plausible bounds a duration field: kube-proxy validates its periods as non-negative, and none is
 // longer than a day in practice (the longest default is 1h).
 func plausible(d int64) bool { return d >= 0 && d <= int64(1000*time.Hour) }
@@ -162,6 +204,9 @@ func plausible(d int64) bool { return d >= 0 && d <= int64(1000*time.Hour) }
 // validate checks the runner signature at addr and reads its values.
 func validate(t Target, addr uint64) (Found, bool) {
 	l := t.Layout
+	if l.Check() != nil {
+		return Found{}, false
+	}
 	r := make([]byte, l.RunnerSize)
 	if t.Mem.ReadAt(r, addr) != nil {
 		return Found{}, false

@@ -1,6 +1,7 @@
 package locate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -26,13 +27,13 @@ func (e *exiting) ReadAt(p []byte, addr uint64) error {
 func TestScanStopsWhenTheProcessExits(t *testing.T) {
 	b, l := openFixture(t, testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner)
 	maps := []procfs.Mapping{{Start: 0xc000000000, End: 0xc000400000, Perms: "rw-p"}}
-	found, err := Scan(Target{Mem: &exiting{reads: 2}, Maps: maps, Binary: b, Layout: l})
+	found, err := Scan(context.Background(), Target{Mem: &exiting{reads: 2}, Maps: maps, Binary: b, Layout: l})
 	if !errors.Is(err, memory.ErrExited) || found != nil {
 		t.Fatalf("got %v, %v; want ErrExited and nothing found", found, err)
 	}
 	// A snapshot with no runner in it: nothing found, no error.
 	snap := memory.Bytes{Base: 0xc000000000, Data: make([]byte, 4<<20)}
-	if found, err := Scan(Target{Mem: snap, Maps: maps, Binary: b, Layout: l}); err != nil || len(found) != 0 {
+	if found, err := Scan(context.Background(), Target{Mem: snap, Maps: maps, Binary: b, Layout: l}); err != nil || len(found) != 0 {
 		t.Fatalf("empty memory: %v, %v", found, err)
 	}
 }

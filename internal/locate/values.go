@@ -52,6 +52,7 @@ func LayoutFromProcess(ctx context.Context, t Target, addr uint64, p Periods, ga
 // (sources, sizes and the token bucket's descriptor aside).
 func SameFields(a, b Layout) bool {
 	a.Source, b.Source, a.RunnerSize, b.RunnerSize, a.TokenBucketType, b.TokenBucketType = "", "", 0, 0, 0, 0
+	a.Unconfirmed, b.Unconfirmed = "", ""
 	return a == b
 }
 
@@ -162,7 +163,7 @@ func isFuncValue(t Target, p uint64) bool {
 	}
 	pc := binary.LittleEndian.Uint64(w[:]) - t.Bias
 	for _, prog := range t.Binary.ELF.Progs {
-		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && pc >= prog.Vaddr && pc < prog.Vaddr+prog.Memsz {
+		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && pc >= prog.Vaddr && pc-prog.Vaddr < prog.Memsz {
 			return true
 		}
 	}

@@ -50,7 +50,7 @@ func start(t *testing.T, build testbed.Build, fixture string, period time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
-	found, err := locate.Scan(lt)
+	found, err := locate.Scan(context.Background(), lt)
 	if err != nil || len(found) != 1 {
 		t.Fatalf("found %d runners: %v", len(found), err)
 	}

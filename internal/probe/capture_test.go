@@ -59,7 +59,7 @@ func TestLocateFixture(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			scan, err := locate.Scan(tg)
+			scan, err := locate.Scan(context.Background(), tg)
 			if err != nil {
 				t.Fatal(err)
 			}

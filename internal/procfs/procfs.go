@@ -70,6 +70,12 @@ func Get(pid int) (Process, error) {
 	return p, nil
 }
 
+// Alive reports whether process pid still exists and is the one that started at start.
+func Alive(pid int, start uint64) bool {
+	p, err := Get(pid)
+	return err == nil && p.StartTime == start
+}
+
 // StatusField reads one field of a status file (/proc/PID/status, /proc/PID/task/TID/status, or
 // /proc/self/status), its value trimmed.
 func StatusField(path, key string) (string, error) {
@@ -83,6 +89,26 @@ func StatusField(path, key string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s has no %s", path, key)
+}
+
+// UIDs returns the real and effective user IDs of process pid (/proc/PID/status).
+func UIDs(pid int) (real, effective uint32, err error) {
+	v, err := StatusField(filepath.Join(Root, strconv.Itoa(pid), "status"), "Uid")
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	} else if err != nil {
+		return 0, 0, err
+	}
+	fs := strings.Fields(v)
+	if len(fs) < 2 {
+		return 0, 0, fmt.Errorf("pid %d: malformed Uid line %q", pid, v)
+	}
+	r, err1 := strconv.ParseUint(fs[0], 10, 32)
+	e, err2 := strconv.ParseUint(fs[1], 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("pid %d: malformed Uid line %q", pid, v)
+	}
+	return uint32(r), uint32(e), nil
 }
 
 // userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on every Linux architecture
@@ -136,18 +162,26 @@ func List() ([]Process, error) {
 	return out, nil
 }
 
-// Mapping is one line of /proc/PID/maps.
+// Mapping is one mapping of /proc/PID/smaps.
 type Mapping struct {
 	Start, End uint64
 	Perms      string // "rw-p"
 	Offset     uint64
 	Inode      uint64
 	Path       string // "" for anonymous memory
+	// Untouched: nothing of it is resident or swapped out (Rss and Swap are 0), so it holds only
+	// zeros and need not be read.
+	Untouched bool
 }
 
-// Maps reads the memory mappings of a process.
+// maxMappings bounds what is read of a process's mappings (Linux's default vm.max_map_count is
+// 65530; a kube-proxy has a few hundred).
+const maxMappings = 1 << 17
+
+// Maps reads the memory mappings of a process, from smaps: as maps, with how much of each is in
+// memory.
 func Maps(pid int) ([]Mapping, error) {
-	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "smaps"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)
 	} else if err != nil {
@@ -155,11 +189,37 @@ func Maps(pid int) ([]Mapping, error) {
 	}
 	defer f.Close()
 	var out []Mapping
+	var used uint64 // the current mapping's Rss + Swap, in kB
+	sawRss := false
+	done := func() {
+		if len(out) > 0 {
+			out[len(out)-1].Untouched = sawRss && used == 0
+		}
+		used, sawRss = 0, false
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
+		if len(fs) == 0 {
+			continue
+		}
+		if strings.HasSuffix(fs[0], ":") { // an attribute of the mapping above: "Rss:  12 kB"
+			if (fs[0] == "Rss:" || fs[0] == "Swap:") && len(fs) >= 2 {
+				sawRss = sawRss || fs[0] == "Rss:"
+				if v, err := strconv.ParseUint(fs[1], 10, 64); err == nil {
+					used += v
+				} else {
+					used++ // unreadable: count it as used, so that the mapping is read
+				}
+			}
+			continue
+		}
 		if len(fs) < 5 {
 			continue
+		}
+		done()
+		if len(out) == maxMappings {
+			return nil, fmt.Errorf("pid %d: more than %d memory mappings: not a process kptune reads", pid, maxMappings)
 		}
 		var m Mapping
 		se := strings.SplitN(fs[0], "-", 2)
@@ -176,7 +236,7 @@ func Maps(pid int) ([]Mapping, error) {
 		if err == nil {
 			m.Inode, err = strconv.ParseUint(fs[4], 10, 64)
 		}
-		if err != nil {
+		if err != nil || m.End < m.Start {
 			return nil, fmt.Errorf("pid %d: malformed maps line %q", pid, sc.Text())
 		}
 		m.Perms = fs[1]
@@ -185,6 +245,7 @@ func Maps(pid int) ([]Mapping, error) {
 		}
 		out = append(out, m)
 	}
+	done()
 	if len(out) == 0 {
 		return nil, fmt.Errorf("pid %d: no memory mappings (a kernel thread, or the process has exited)", pid)
 	}

@@ -3,13 +3,19 @@
 //
 // Records live in DIR/records/PID-STARTTIME.json, mode 0600: keyed by start time as well as PID, so
 // a record never applies to a new process that reuses the PID; the build ID inside is checked too.
-// The audit log DIR/audit.log gets one JSON line a write.
+// The audit log DIR/audit.log gets two JSON lines a write: its intent before, its result after.
+//
+// The directory is trusted only if it could not have been prepared by someone else: DIR and its
+// subdirectories must be real directories (not symbolic links), owned by root or by kptune's own
+// user, and writable by no one else. Files are opened without following a symbolic link, new ones
+// created under fresh names (O_EXCL) and renamed into place, and what is read is bounded.
 package state
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,18 +52,91 @@ func (s Store) recordPath(pid int, start uint64) string {
 	return filepath.Join(s.Dir, "records", fmt.Sprintf("%d-%d.json", pid, start))
 }
 
+// ErrUnsafe is wrapped by the refusal of a state directory or file someone else could have prepared.
+var ErrUnsafe = errors.New("unsafe state directory")
+
+// ensure creates DIR/sub (0700) where it is missing, and checks DIR and DIR/sub.
 func (s Store) ensure(sub string) error {
-	return os.MkdirAll(filepath.Join(s.Dir, sub), 0o700)
+	if err := os.MkdirAll(filepath.Join(s.Dir, sub), 0o700); err != nil {
+		return err
+	}
+	if err := checkDir(s.Dir); err != nil {
+		return err
+	}
+	if sub != "" {
+		return checkDir(filepath.Join(s.Dir, sub))
+	}
+	return nil
+}
+
+// checkDir refuses a directory that is a symbolic link, is owned by another user than root or
+// kptune's, or is writable by its group or others: whoever could write there could plant the
+// records reset writes back, or links kptune would write through.
+func checkDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%w: %s is a symbolic link: give the real directory with --state-dir", ErrUnsafe, dir)
+	case !fi.IsDir():
+		return fmt.Errorf("%w: %s is not a directory", ErrUnsafe, dir)
+	case !ok || (st.Uid != 0 && int(st.Uid) != os.Geteuid()):
+		return fmt.Errorf("%w: %s is owned by uid %d, not root: chown root %s", ErrUnsafe, dir, st.Uid, dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%w: %s is writable by others (mode %v): chmod go-w %s", ErrUnsafe, dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// maxRecord bounds a record read back (a few hundred bytes for two runners).
+const maxRecord = 64 << 10
+
+// openFile opens path without following a symbolic link, and checks it is a regular file.
+func openFile(path string, flag int, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, perm)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %s is a symbolic link: remove it", ErrUnsafe, path)
+	} else if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is not a regular file: remove it", ErrUnsafe, path)
+	}
+	return f, nil
 }
 
 // Load returns the record of a process, or nil if there is none. A record that does not parse, or
 // whose build ID differs, is an error: it is not applied.
 func (s Store) Load(pid int, start uint64, buildID string) (*Record, error) {
-	b, err := os.ReadFile(s.recordPath(pid, start))
+	if err := checkDir(s.Dir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if err := checkDir(filepath.Join(s.Dir, "records")); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	f, err := openFile(s.recordPath(pid, start), os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	} else if err != nil {
 		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxRecord+1))
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxRecord {
+		return nil, fmt.Errorf("state record %s is larger than %d KiB: remove it", s.recordPath(pid, start), maxRecord>>10)
 	}
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil || r.PID != pid || r.StartTime != start {
@@ -83,7 +162,7 @@ func (r *Record) check() error {
 			return fmt.Errorf("runner address %q", addr)
 		}
 		for _, d := range []time.Duration{o.MinInterval, o.MaxInterval, o.RetryInterval} {
-			if d < 0 || d > 1000*time.Hour {
+			if d < 0 || d > MaxPeriod {
 				return fmt.Errorf("runner %s: period %v", addr, d)
 			}
 		}
@@ -94,7 +173,12 @@ func (r *Record) check() error {
 	return nil
 }
 
-// Save writes a record atomically with mode 0600.
+// MaxPeriod bounds a period in a record: kube-proxy's runners start with at most an hour
+// (maxInterval) or its syncPeriod, which no one sets to days.
+const MaxPeriod = 24 * time.Hour
+
+// Save writes a record atomically with mode 0600: to a new file of a fresh name, then renamed over
+// the record's name (a rename replaces a link planted there, and follows none).
 func (s Store) Save(r *Record) error {
 	if err := s.ensure("records"); err != nil {
 		return err
@@ -103,12 +187,20 @@ func (s Store) Save(r *Record) error {
 	if err != nil {
 		return err
 	}
-	path := s.recordPath(r.PID, r.StartTime)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.CreateTemp(filepath.Join(s.Dir, "records"), ".record-*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	_, werr := f.Write(b)
+	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Rename(f.Name(), s.recordPath(r.PID, r.StartTime)); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
 }
 
 // Remove deletes a process's record.
@@ -123,10 +215,20 @@ func (s Store) Remove(pid int, start uint64) error {
 // Clean removes the records of processes that no longer exist (or whose PID was reused) and
 // returns how many it removed.
 func (s Store) Clean() (int, error) {
+	if err := checkDir(s.Dir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if err := checkDir(filepath.Join(s.Dir, "records")); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
 	ents, err := os.ReadDir(filepath.Join(s.Dir, "records"))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	} else if err != nil {
+	if err != nil {
 		return 0, err
 	}
 	n := 0
@@ -154,7 +256,7 @@ func (s Store) Lock(pid int) (func(), error) {
 	if err := s.ensure("locks"); err != nil {
 		return nil, fmt.Errorf("state directory %s: %w (use --state-dir)", s.Dir, err)
 	}
-	f, err := os.OpenFile(filepath.Join(s.Dir, "locks", strconv.Itoa(pid)+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := openFile(filepath.Join(s.Dir, "locks", strconv.Itoa(pid)+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -170,31 +272,52 @@ func (s Store) Lock(pid int) (func(), error) {
 
 // AuditEntry is one line of the audit log.
 type AuditEntry struct {
-	Time    time.Time `json:"time"`
-	Action  string    `json:"action"` // set, reset
-	UID     int       `json:"uid"`
-	User    string    `json:"user,omitempty"`
-	PID     int       `json:"pid"`
-	Runner  string    `json:"runner"`
-	Old     string    `json:"old"`
-	New     string    `json:"new"`
-	StopFor string    `json:"stoppedFor"`
+	Time   time.Time `json:"time"`
+	Action string    `json:"action"` // set, reset
+	// Phase is "intent" (written before the stop: a change is never made unaudited), then "done"
+	// or "failed" (with Error).
+	Phase   string `json:"phase"`
+	UID     int    `json:"uid"`
+	User    string `json:"user,omitempty"`
+	PID     int    `json:"pid"`
+	Runner  string `json:"runner"`
+	Old     string `json:"old"`
+	New     string `json:"new"`
+	StopFor string `json:"stoppedFor,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
-// Audit appends one entry to the audit log (0600).
-func (s Store) Audit(e AuditEntry) error {
+// MaxAudit bounds the audit log: past it, audit.log becomes audit.log.1 (replacing the one before)
+// and a new one starts, so the log takes at most twice this.
+var MaxAudit int64 = 16 << 20
+
+// Audit appends entries to the audit log (0600), in one write.
+func (s Store) Audit(es ...AuditEntry) error {
 	if err := s.ensure(""); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(filepath.Join(s.Dir, "audit.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	var b []byte
+	for _, e := range es {
+		line, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		b = append(append(b, line...), '\n')
+	}
+	path := filepath.Join(s.Dir, "audit.log")
+	f, err := openFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	b, err := json.Marshal(e)
-	if err != nil {
-		return err
+	if fi, err := f.Stat(); err == nil && fi.Size()+int64(len(b)) > MaxAudit && fi.Size() > 0 {
+		f.Close()
+		if err := os.Rename(path, path+".1"); err != nil {
+			return fmt.Errorf("rotate the audit log: %w", err)
+		}
+		if f, err = openFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+			return err
+		}
 	}
-	_, err = f.Write(append(b, '\n'))
-	return err
+	_, werr := f.Write(b)
+	return errors.Join(werr, f.Close())
 }

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,5 +82,139 @@ func TestLockAndAudit(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(s.Dir, "audit.log"))
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() == 0 {
 		t.Errorf("audit log %v %v", fi, err)
+	}
+}
+
+// TestUnsafeStateDirectory: a state directory someone else could have prepared is refused (it held
+// the records reset writes back); a symbolic link planted at a record's or the lock's name is not
+// followed; a record is written under a fresh name and renamed.
+func TestUnsafeStateDirectory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: directories owned by another user")
+	}
+	rec := &Record{PID: 999999998, StartTime: 1, BuildID: "b", Runners: map[string]Original{"0x10": {MinInterval: time.Second, MaxInterval: time.Hour, Burst: 2}}}
+	for _, c := range []struct {
+		name  string
+		setup func(dir string) error
+		want  string
+	}{
+		{"writable by others", func(dir string) error { return os.Chmod(dir, 0o777) }, "writable by others"},
+		{"group-writable records", func(dir string) error {
+			return errors.Join(os.Mkdir(filepath.Join(dir, "records"), 0o770), os.Chmod(filepath.Join(dir, "records"), 0o770))
+		}, "writable by others"},
+		{"owned by a user", func(dir string) error { return os.Chown(dir, 1000, 1000) }, "owned by uid 1000"},
+		{"a symbolic link", func(dir string) error {
+			real := dir + "-real"
+			return errors.Join(os.Mkdir(real, 0o700), os.Remove(dir), os.Symlink(real, dir))
+		}, "symbolic link"},
+	} {
+		dir := filepath.Join(t.TempDir(), "state")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.setup(dir); err != nil {
+			t.Fatal(err)
+		}
+		s := Store{Dir: dir}
+		if err := s.Save(rec); err == nil || !errors.Is(err, ErrUnsafe) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: save: %v, want a refusal saying %q", c.name, err, c.want)
+		}
+		if c.name == "group-writable records" {
+			continue // the locks and the log are elsewhere
+		}
+		if _, err := s.Lock(1); err == nil || !errors.Is(err, ErrUnsafe) {
+			t.Errorf("%s: lock: %v", c.name, err)
+		}
+		if err := s.Audit(AuditEntry{Action: "set"}); err == nil || !errors.Is(err, ErrUnsafe) {
+			t.Errorf("%s: audit: %v", c.name, err)
+		}
+	}
+
+	// A root-owned 0755 directory (what a hostPath DirectoryOrCreate makes) is fine.
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := Store{Dir: dir}
+	if err := s.Save(rec); err != nil {
+		t.Fatalf("a root-owned 0755 directory: %v", err)
+	}
+	// Links planted at the names kptune opens: not followed, and the target is untouched.
+	target := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(target, []byte("untouched"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "locks"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "locks", "7.lock")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lock(7); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("lock through a planted link: %v", err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "audit.log")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Audit(AuditEntry{Action: "set"}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("audit through a planted link: %v", err)
+	}
+	recPath := s.recordPath(rec.PID, rec.StartTime)
+	if err := os.Remove(recPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, recPath); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(rec.PID, rec.StartTime, "b"); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("load through a planted link: %v", err)
+	}
+	// The old fixed temporary name, planted as a link: Save writes a fresh name and replaces the
+	// link at the record's name, leaving the target alone.
+	if err := os.Symlink(target, recPath+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "untouched" {
+		t.Errorf("a planted link's target was written: %q", b)
+	}
+	if fi, err := os.Lstat(recPath); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("the record is not a regular file after save: %v %v", fi, err)
+	}
+	// A record far larger than any kptune writes is refused unread.
+	if err := os.WriteFile(recPath, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(rec.PID, rec.StartTime, "b"); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("a 1 MiB record: %v", err)
+	}
+}
+
+// TestAuditRotates: past MaxAudit the log moves to audit.log.1 and starts again, so it stays
+// bounded; an entry is never split.
+func TestAuditRotates(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	old := MaxAudit
+	MaxAudit = 1000
+	defer func() { MaxAudit = old }()
+	for i := 0; i < 40; i++ {
+		if err := s.Audit(AuditEntry{Action: "set", Phase: "intent", PID: i, Runner: "0x10"}, AuditEntry{Action: "set", Phase: "done", PID: i, Runner: "0x10"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"audit.log", "audit.log.1"} {
+		fi, err := os.Stat(filepath.Join(s.Dir, name))
+		if err != nil || fi.Size() > MaxAudit || fi.Size() == 0 {
+			t.Errorf("%s: %v %v, want at most %d bytes", name, fi, err, MaxAudit)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "audit.log"))
+	if !strings.Contains(string(b), `"pid":39`) || strings.Count(string(b), "\n")%2 != 0 {
+		t.Errorf("the current log lacks the last entries, or splits a change: %s", b)
 	}
 }

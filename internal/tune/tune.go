@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"kptune/internal/gobin"
@@ -28,8 +29,10 @@ type Options struct {
 	Runner string // "" or "all": every runner; else one runner's address
 	Change patch.Change
 	DryRun bool
-	Force  bool // override the /healthz rail
-	Store  state.Store
+	// Force overrides the /healthz rail, and writes with a built-in layout that kube-proxy's values
+	// could not confirm.
+	Force bool
+	Store state.Store
 	// Pause, if set, is called at each step of a write: "locked", "located", "recorded", then inside
 	// the stop "checked" and "written", then "released" (fault-injection tests kill kptune there).
 	Pause  func(step string)
@@ -58,6 +61,8 @@ type ProcessResult struct {
 	InsideNS   int64    `json:"insideNanoseconds,omitempty"`
 	Total      string   `json:"total"`
 	Notes      []string `json:"notes,omitempty"`
+	// Error is why nothing was written to this process, when several were asked for.
+	Error string `json:"error,omitempty"`
 }
 
 // RunnerResult is one runner's change.
@@ -91,30 +96,40 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 	if n, err := o.Store.Clean(); err == nil && n > 0 {
 		o.Log.Info("removed state records of processes that no longer exist", "count", n)
 	}
-	pids := []int{o.PID}
-	if o.PID == 0 {
-		procs, err := inspect.Discover()
+	if o.PID != 0 {
+		pr, err := fn(o, o.PID)
 		if err != nil {
 			return Result{}, err
 		}
-		pids = nil
-		for _, p := range procs {
-			pids = append(pids, p.PID)
-		}
-		if len(pids) == 0 {
-			return Result{}, errors.New("no kube-proxy process on this node: pass --pid, or run as root to see every process")
-		}
+		return Result{Processes: []ProcessResult{pr}}, nil
 	}
+	procs, err := discover()
+	if err != nil {
+		return Result{}, err
+	}
+	if len(procs) == 0 {
+		return Result{}, errors.New("no kube-proxy process on this node: pass --pid, or run as root to see every process")
+	}
+	// Every kube-proxy is tried, whatever happened to those before it: each gets its result, and
+	// the call fails if any failed.
 	var res Result
-	for _, pid := range pids {
-		pr, err := fn(o, pid)
+	var failed []string
+	for _, p := range procs {
+		pr, err := fn(o, p.PID)
 		if err != nil {
-			return res, err
+			pr.PID, pr.Error = p.PID, err.Error()
+			failed = append(failed, err.Error())
 		}
 		res.Processes = append(res.Processes, pr)
 	}
+	if len(failed) > 0 {
+		return res, fmt.Errorf("%d of %d kube-proxies not changed: %s", len(failed), len(procs), strings.Join(failed, "; "))
+	}
 	return res, nil
 }
+
+// discover lists the node's kube-proxies (replaced in tests).
+var discover = inspect.Discover
 
 // prepared is a locked, located process.
 type prepared struct {
@@ -201,6 +216,9 @@ func set(o Options, pid int) (ProcessResult, error) {
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
+	if err := confirmed(l, o.Force); err != nil {
+		return res, fmt.Errorf("pid %d: %w", pid, err)
+	}
 	runners, err := selectRunners(p.found, o.Runner)
 	if err != nil {
 		return res, err
@@ -252,11 +270,33 @@ func addRunner(res *ProcessResult, rws []patch.RunnerWrites, f locate.Found, v p
 	return append(rws, patch.RunnerWrites{Found: f, Writes: ws})
 }
 
-// apply writes inside one stop of the process, then audits each runner's change.
+// confirmed refuses a built-in layout that kube-proxy's values could not confirm (its /configz
+// unreadable, say), unless forced: every other check holds, but the offsets themselves are a guess.
+func confirmed(l locate.Layout, force bool) error {
+	if l.Unconfirmed == "" || force {
+		return nil
+	}
+	return fmt.Errorf("%w: the runner's layout is kptune's built-in table, which kube-proxy's own values could not confirm (%s): nothing written; use --force to write with it anyway",
+		patch.ErrRefused, l.Unconfirmed)
+}
+
+// apply writes inside one stop of the process. The audit log gets each runner's change before the
+// stop (nothing is written if it cannot), and its result after.
 func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites, action string) error {
+	if err := o.Store.Audit(auditEntries(action, "intent", p.proc.PID, res.Runners, 0, nil)...); err != nil {
+		return fmt.Errorf("pid %d: write the audit log in %s: %w: nothing written (use --state-dir)", p.proc.PID, o.Store.Dir, err)
+	}
 	st, err := patch.Apply(p.target, rws)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
 	res.StoppingNS, res.InsideNS = int64(st.Stopping), int64(st.Inside)
+	phase := "done"
+	if err != nil {
+		phase = "failed"
+	}
+	results := auditEntries(action, phase, p.proc.PID, res.Runners, st.Stopped, err)
+	if aerr := o.Store.Audit(results...); aerr != nil {
+		o.Log.Warn("audit log: the result of a change not recorded (its intent was)", "pid", p.proc.PID, "error", aerr)
+	}
 	if errors.Is(err, procfs.ErrGone) {
 		return fmt.Errorf("pid %d exited before the write: nothing written; run kptune again for the new kube-proxy", p.proc.PID)
 	}
@@ -264,7 +304,9 @@ func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites,
 		return fmt.Errorf("pid %d: %w", p.proc.PID, err)
 	}
 	o.pause("released")
-	audit(o, action, p.proc.PID, res.Runners, st.Stopped)
+	for _, e := range results {
+		o.Log.Info(action, "uid", e.UID, "pid", e.PID, "runner", e.Runner, "old", e.Old, "new", e.New, "stopped", st.Stopped)
+	}
 	return nil
 }
 
@@ -292,6 +334,9 @@ func reset(o Options, pid int) (ProcessResult, error) {
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
+	if err := confirmed(l, o.Force); err != nil {
+		return res, fmt.Errorf("pid %d: %w", pid, err)
+	}
 	rec, err := o.Store.Load(pid, p.proc.StartTime, p.bin.BuildID())
 	if err != nil {
 		return res, err
@@ -300,6 +345,7 @@ func reset(o Options, pid int) (ProcessResult, error) {
 		return res, fmt.Errorf("nothing to reset for pid %d: kptune has not changed it since it started", pid)
 	}
 	var rws []patch.RunnerWrites
+	health := newProbe(p.proc)
 	for _, f := range p.found {
 		orig, ok := rec.Runners[fmt.Sprintf("%#x", f.Address)]
 		if !ok {
@@ -314,6 +360,16 @@ func reset(o Options, pid int) (ProcessResult, error) {
 		v, ws, err := patch.Plan(f, l, c)
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		// A record is input like any other: what it restores passes the rails a set would.
+		notes, err := healthRail(health, f, v, o.Force)
+		for _, n := range notes {
+			if !slices.Contains(res.Notes, n) {
+				res.Notes = append(res.Notes, n)
+			}
+		}
+		if err != nil {
+			return res, fmt.Errorf("pid %d: the recorded original: %w", pid, err)
 		}
 		rws = addRunner(&res, rws, f, v, ws)
 	}
@@ -333,23 +389,29 @@ func reset(o Options, pid int) (ProcessResult, error) {
 	return res, nil
 }
 
-func audit(o Options, action string, pid int, rs []RunnerResult, stopped time.Duration) {
+// auditEntries are the audit lines of a change, one a runner written to.
+func auditEntries(action, phase string, pid int, rs []RunnerResult, stopped time.Duration, err error) []state.AuditEntry {
 	uid := os.Getuid()
 	name := ""
 	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
 		name = u.Username
 	}
+	var out []state.AuditEntry
 	for _, r := range rs {
 		if len(r.Fields) == 0 {
 			continue
 		}
-		e := state.AuditEntry{Time: time.Now().UTC(), Action: action, UID: uid, User: name, PID: pid, Runner: r.Address,
-			Old: describe(r.Old), New: describe(r.New), StopFor: stopped.String()}
-		if err := o.Store.Audit(e); err != nil {
-			o.Log.Warn("audit log", "err", err)
+		e := state.AuditEntry{Time: time.Now().UTC(), Action: action, Phase: phase, UID: uid, User: name, PID: pid, Runner: r.Address,
+			Old: describe(r.Old), New: describe(r.New)}
+		if phase != "intent" {
+			e.StopFor = stopped.String()
 		}
-		o.Log.Info(action, "uid", uid, "pid", pid, "runner", r.Address, "old", e.Old, "new", e.New, "stopped", stopped)
+		if err != nil {
+			e.Error = err.Error()
+		}
+		out = append(out, e)
 	}
+	return out
 }
 
 func describe(v patch.Values) string {

@@ -336,6 +336,42 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 				t.Errorf("a refused reset changed the period to %v", got)
 			}
 		}
+		// A record is input: one that would restore a period above syncPeriod (30s) passes the
+		// record's own checks, and the rails a set passes refuse it.
+		for a, o := range rec.Runners {
+			o.MinInterval = 45 * time.Second
+			rec.Runners[a] = o
+		}
+		long, _ := json.Marshal(rec)
+		if err := os.WriteFile(records[0], long, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "syncPeriod") {
+			t.Errorf("reset to a recorded 45s, above syncPeriod: %v", err)
+		}
+		if got := fieldsMin(t, kp.PID()); got != d {
+			t.Errorf("a refused reset changed the period to %v", got)
+		}
+		// Every write is in the audit log twice: its intent, before the stop, and its result.
+		audit, err := os.ReadFile(filepath.Join(store.Dir, "audit.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var intents, done int
+		for _, line := range strings.Split(strings.TrimSpace(string(audit)), "\n") {
+			var e state.AuditEntry
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatalf("audit line %q: %v", line, err)
+			}
+			if e.PID == kp.PID() && e.Phase == "intent" {
+				intents++
+			} else if e.PID == kp.PID() && e.Phase == "done" {
+				done++
+			}
+		}
+		if intents == 0 || intents != done {
+			t.Errorf("audit log: %d intents, %d results for pid %d", intents, done, kp.PID())
+		}
 		if err := os.Remove(records[0]); err != nil {
 			t.Fatal(err)
 		}
@@ -432,7 +468,7 @@ func fields(t *testing.T, pid int) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found, err := locate.Scan(lt)
+	found, err := locate.Scan(context.Background(), lt)
 	if err != nil || len(found) == 0 {
 		t.Fatalf("pid %d: %d runners: %v", pid, len(found), err)
 	}

@@ -179,7 +179,7 @@ func BenchmarkLocate(b *testing.B) {
 	var held time.Duration
 	for b.Loop() {
 		start := time.Now()
-		scanned, err := locate.Scan(t)
+		scanned, err := locate.Scan(context.Background(), t)
 		if err != nil || len(scanned) == 0 {
 			b.Fatalf("scan: %d runners, %v", len(scanned), err)
 		}

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"kptune/test/testbed"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestOverrideIsClamped: the node's annotation is held within the configuration's floor and
+// ceiling (it had no lower bound: 1ns made kube-proxy sync on every change); a value outside them,
+// or not a duration, gets a warning Event on the Node and counts in a metric, once per value.
+func TestOverrideIsClamped(t *testing.T) {
+	a, err := New(Options{Config: DefaultConfig(), Log: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{}}}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	if err := idx.Add(node); err != nil {
+		t.Fatal(err)
+	}
+	rec := record.NewFakeRecorder(10)
+	a.kube = &kube{node: "n1", nodes: listersv1.NewNodeLister(idx), recorder: rec, ref: &corev1.ObjectReference{Kind: "Node", Name: "n1"}}
+	mp := &managed{}
+	for _, c := range []struct {
+		value  string
+		want   time.Duration
+		result string // the metric counted, "" for none
+	}{
+		{"1ns", time.Second, "clamped"}, // the floor (1s by default)
+		{"1ns", time.Second, ""},        // the same value again: reported once
+		{"5s", 5 * time.Second, ""},
+		{"48h", 30 * time.Second, "clamped"}, // the ceiling (30s by default)
+		{"-3s", time.Second, "ignored"},      // the policy's: static 1s
+		{"soon", time.Second, "ignored"},
+	} {
+		node.Annotations[Annotation] = c.value
+		before := map[string]float64{"clamped": testutil.ToFloat64(a.m.overrides.WithLabelValues("clamped")), "ignored": testutil.ToFloat64(a.m.overrides.WithLabelValues("ignored"))}
+		got, source := a.desired(context.Background(), mp, time.Second, time.Now())
+		if got != c.want {
+			t.Errorf("annotation %q: %v (%s), want %v", c.value, got, source, c.want)
+		}
+		for result, n := range before {
+			want := n
+			if result == c.result {
+				want++
+			}
+			if now := testutil.ToFloat64(a.m.overrides.WithLabelValues(result)); now != want {
+				t.Errorf("annotation %q: kptune_override_rejected_total{result=%q} %v, want %v", c.value, result, now, want)
+			}
+		}
+		select {
+		case e := <-rec.Events:
+			if c.result == "" || !strings.Contains(e, "Warning InvalidOverride") {
+				t.Errorf("annotation %q: event %q", c.value, e)
+			}
+		default:
+			if c.result != "" {
+				t.Errorf("annotation %q: no Event", c.value)
+			}
+		}
+	}
+}
+
+// TestGuardRecovers: a panic while reading one process is recovered, counted and logged, and
+// the agent goes on.
+func TestGuardRecovers(t *testing.T) {
+	a, err := New(Options{Config: DefaultConfig(), Log: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := false
+	a.guard(1, "examine", func() { panic("a crafted binary") })
+	a.guard(2, "examine", func() { ran = true })
+	if !ran || testutil.ToFloat64(a.m.panics) != 1 || testutil.ToFloat64(a.m.refused.WithLabelValues("panic")) != 1 {
+		t.Errorf("after a panic: ran %v, panics %v", ran, testutil.ToFloat64(a.m.panics))
+	}
+}
+
+// TestLocateBackoff: a process in which no runner is found is searched every round five times (a
+// kube-proxy that is starting), then less and less often, never less than every two minutes.
+func TestLocateBackoff(t *testing.T) {
+	for misses, want := range map[int]time.Duration{1: 0, 5: 0, 6: 4 * time.Second, 7: 8 * time.Second, 12: 2 * time.Minute, 1000: 2 * time.Minute} {
+		if got := locateBackoff(misses, 2*time.Second); got != want {
+			t.Errorf("after %d misses: %v, want %v", misses, got, want)
+		}
+	}
+}
+
+// TestDiscoveryFollowsExec: a process first seen as something else (a shell, runc init) that then
+// execs a kube-proxy keeps its PID and start time, and is examined again (it was cached as "not a
+// kube-proxy" by those two alone, and never looked at again).
+func TestDiscoveryFollowsExec(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a kube-proxy runs as root, and the agent reads other processes' executables")
+	}
+	fake, err := testbed.Hostile(testbed.FakeWithClientGo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := exec.Command("sh", "-c", `sleep 1; exec "$0"`, fake)
+	sh.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
+	pid := sh.Process.Pid
+	a, err := New(Options{Config: DefaultConfig(), Log: quiet(), StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	managed := func() bool {
+		for k := range a.procs {
+			if k.pid == pid {
+				return true
+			}
+		}
+		return false
+	}
+	a.discover()
+	if managed() {
+		t.Fatal("the shell is taken for a kube-proxy")
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe")); exe == fake {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the shell did not exec the fake kube-proxy")
+		}
+	}
+	a.discover()
+	if !managed() {
+		t.Fatal("the process that exec'd a kube-proxy was not examined again")
+	}
+}

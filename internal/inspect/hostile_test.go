@@ -1,0 +1,92 @@
+package inspect
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"kptune/internal/locate"
+	"kptune/test/testbed"
+)
+
+// TestFakeKubeProxies: processes built to pass for a kube-proxy, as any tenant of a node could run
+// them, are refused with a reason, without a panic and without unbounded work.
+func TestFakeKubeProxies(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	start := func(tags string, uid int, args ...string) int {
+		t.Helper()
+		h, err := testbed.StartHostile(tags, uid, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(h.Stop)
+		return h.PID
+	}
+	refused := func(what string, pid int, want string) {
+		t.Helper()
+		_, b, err := Open(pid)
+		if err == nil {
+			b.Close()
+			t.Fatalf("%s: taken for a kube-proxy", what)
+		}
+		if !errors.Is(err, ErrNotKubeProxy) || !errors.Is(err, ErrSuspect) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: %v; want a refusal as a suspect kube-proxy saying %q", what, err, want)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+
+	// Its main package is kube-proxy's, and nothing else is.
+	refused("a 30-line fake", start(testbed.FakeKubeProxy, 0), "k8s.io/client-go")
+	// It passes by its build information, and runs as nobody.
+	refused("a fake run by a user", start(testbed.FakeWithClientGo, 65534), "runs as uid 65534")
+
+	// It passes for a kube-proxy, and its runner type is 2^49 bytes: the layout is refused, and
+	// nothing sized by it is allocated.
+	pid := start(testbed.FakeHugeRunner, 0)
+	_, b, err := Open(pid)
+	if err != nil {
+		t.Fatalf("the fake with client-go, as root: %v", err)
+	}
+	defer b.Close()
+	if _, err := locate.LayoutOf(b); err == nil || !strings.Contains(err.Error(), "larger than kube-proxy's") {
+		t.Errorf("the layout of a runner of 2^49 bytes: %v", err)
+	}
+	if _, _, _, err := LocateBy(ctx, pid, b, LocateOptions{Locator: ByScan}); err == nil {
+		t.Errorf("runners located in the fake with a 2^49-byte runner")
+	} else {
+		t.Logf("locate: %v", err)
+	}
+	rep, err := All(ctx, LocateOptions{Locator: ByScan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rep.Processes {
+		if p.PID == pid && p.Error == "" {
+			t.Errorf("inspect reports runners in the fake: %+v", p)
+		}
+	}
+
+	// It passes for a kube-proxy, with a runner type of the right shape, and maps 64 GiB (one page
+	// touched a GiB): the scan refuses it at once rather than reading 64 GiB.
+	pid = start(testbed.FakeWithClientGo, 0, "-map", "68719476736")
+	_, b, err = Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	begin := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, _, err = LocateTarget(sctx, pid, b)
+	took := time.Since(begin)
+	if !errors.Is(err, locate.ErrScanLimit) {
+		t.Fatalf("the scan of a process with 64 GiB mapped: %v after %v; want the scan's limit", err, took)
+	}
+	if took > 2*time.Second {
+		t.Errorf("refused after %v, want at once", took)
+	}
+	t.Logf("64 GiB mapped: %v after %v", err, took.Round(time.Millisecond))
+}

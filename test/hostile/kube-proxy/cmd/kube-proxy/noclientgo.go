@@ -1,0 +1,5 @@
+//go:build !clientgo
+
+package main
+
+var clientGo = ""
