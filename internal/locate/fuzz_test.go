@@ -121,26 +121,7 @@ func FuzzValidate(f *testing.F) {
 	f.Add([]byte{}, uint64(0))
 	f.Fuzz(func(t *testing.T, image []byte, addr uint64) {
 		segs := decode(image)
-		tg := locate.Target{Mem: segs, Binary: bin, Layout: layout}
-		for _, g := range segs {
-			if len(g.data) > 0 && g.addr+uint64(len(g.data)) > g.addr {
-				tg.Maps = append(tg.Maps, procfs.Mapping{Start: g.addr, End: g.addr + uint64(len(g.data)), Perms: "rw-p"})
-			}
-		}
-		found, err := locate.Scan(context.Background(), tg)
-		if err != nil && !errors.Is(err, memory.ErrExited) {
-			return
-		}
-		for _, fd := range found {
-			if err := locate.Revalidate(tg, fd); err != nil {
-				t.Fatalf("the scan returned %+v, which does not validate again: %v", fd, err)
-			}
-		}
-		if fd, ok := locate.Validate(tg, addr); ok {
-			if err := locate.Revalidate(tg, fd); err != nil {
-				t.Fatalf("Validate returned %+v, which does not validate again: %v", fd, err)
-			}
-		}
+		tg := scanAndValidate(t, segs, bin, layout, addr)
 		obs := make(locate.Observation, 256)
 		if segs.ReadAt(obs, addr) == nil {
 			_, _ = locate.LayoutFromValues(tg, addr, obs, obs, locate.Periods{MinSync: 1300 * time.Millisecond, Sync: 30 * time.Second})
@@ -192,23 +173,31 @@ func FuzzLayout(f *testing.F) {
 		if err := l.Check(); err != nil {
 			t.Fatalf("LayoutOf returned a layout that fails its check: %v (%+v)", err, l)
 		}
-		segs := decode(image)
-		tg := locate.Target{Mem: segs, Binary: b, Layout: l}
-		for _, g := range segs {
-			if len(g.data) > 0 && g.addr+uint64(len(g.data)) > g.addr {
-				tg.Maps = append(tg.Maps, procfs.Mapping{Start: g.addr, End: g.addr + uint64(len(g.data)), Perms: "rw-p"})
-			}
-		}
-		found, _ := locate.Scan(context.Background(), tg)
-		for _, fd := range found {
-			if err := locate.Revalidate(tg, fd); err != nil {
-				t.Fatalf("the scan returned %+v, which does not validate again: %v", fd, err)
-			}
-		}
-		if fd, ok := locate.Validate(tg, addr); ok {
-			if err := locate.Revalidate(tg, fd); err != nil {
-				t.Fatalf("Validate returned %+v, which does not validate again: %v", fd, err)
-			}
-		}
+		scanAndValidate(t, decode(image), b, l, addr)
 	})
+}
+
+// scanAndValidate scans the image and validates addr in it: what either returns must validate again.
+func scanAndValidate(t *testing.T, segs segments, b *gobin.Binary, l locate.Layout, addr uint64) locate.Target {
+	tg := locate.Target{Mem: segs, Binary: b, Layout: l}
+	for _, g := range segs {
+		if len(g.data) > 0 && g.addr+uint64(len(g.data)) > g.addr {
+			tg.Maps = append(tg.Maps, procfs.Mapping{Start: g.addr, End: g.addr + uint64(len(g.data)), Perms: "rw-p"})
+		}
+	}
+	found, err := locate.Scan(context.Background(), tg)
+	if err != nil && !errors.Is(err, memory.ErrExited) {
+		found = nil
+	}
+	for _, fd := range found {
+		if err := locate.Revalidate(tg, fd); err != nil {
+			t.Fatalf("the scan returned %+v, which does not validate again: %v", fd, err)
+		}
+	}
+	if fd, ok := locate.Validate(tg, addr); ok {
+		if err := locate.Revalidate(tg, fd); err != nil {
+			t.Fatalf("Validate returned %+v, which does not validate again: %v", fd, err)
+		}
+	}
+	return tg
 }
