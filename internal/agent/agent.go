@@ -328,18 +328,18 @@ func (a *Agent) tend(ctx context.Context, mp *managed) {
 		t, found, _, err := inspect.LocateBy(lctx, mp.proc.PID, mp.bin, inspect.LocateOptions{Locator: inspect.ByScan})
 		cancel()
 		switch {
-		case errors.Is(err, inspect.ErrNoRunner):
-			// A kube-proxy builds its proxiers once it reaches the API server: try again.
-			mp.misses++
-			mp.nextLocate = now.Add(locateBackoff(mp.misses, a.o.Interval))
-			a.log.Debug("runners not found yet", "pid", mp.proc.PID, "error", err, "next", mp.nextLocate)
-			return
-		case err != nil && procfs.Alive(mp.proc.PID, mp.proc.StartTime):
+		case (errors.Is(err, locate.ErrLayout) || errors.Is(err, locate.ErrScanLimit)) && procfs.Alive(mp.proc.PID, mp.proc.StartTime):
+			// What its binary declares, or what it maps, is beyond any kube-proxy: for good.
 			a.refuse(mp.proc.PID, "locate", err)
 			mp.gaveUp = true
 			return
 		case err != nil:
-			return // it exited: forgotten next round
+			// A kube-proxy builds its proxiers once it reaches the API server (no runner yet), and
+			// reading a live process can fail for a moment: try again.
+			mp.misses++
+			mp.nextLocate = now.Add(locateBackoff(mp.misses, a.o.Interval))
+			a.log.Debug("runners not found yet", "pid", mp.proc.PID, "error", err, "next", mp.nextLocate)
+			return
 		}
 		a.m.locate.Observe(time.Since(start).Seconds())
 		mp.target, mp.runners, mp.located = t, found, true

@@ -90,9 +90,26 @@ func decide(old, cur bool) (Generation, error) {
 	return "", errors.New("no BoundedFrequencyRunner in this binary: not a kube-proxy (or its runner was renamed)")
 }
 
+// ErrLayout is wrapped by every failure to read a runner layout from a binary: the binary does not
+// change, so neither does the answer (unlike a runner not found yet in a kube-proxy that is starting).
+var ErrLayout = errors.New("no runner layout")
+
 // LayoutOf reads the layout from the binary's type descriptors, else its DWARF, else the built-in
 // table; the table is used only where the binary confirms nothing contradicts it.
 func LayoutOf(b *gobin.Binary) (Layout, error) {
+	l, err := layoutOf(b)
+	if err != nil {
+		return Layout{}, layoutError{err}
+	}
+	return l, nil
+}
+
+// layoutError wraps ErrLayout, keeping the message.
+type layoutError struct{ error }
+
+func (e layoutError) Unwrap() []error { return []error{e.error, ErrLayout} }
+
+func layoutOf(b *gobin.Binary) (Layout, error) {
 	gen, err := DetectGeneration(b)
 	if err != nil {
 		return Layout{}, err

@@ -57,8 +57,9 @@ const MaxScan = 4 << 30
 // maxRunners bounds the runners a scan returns: a kube-proxy has one per proxier, two in dual-stack.
 const maxRunners = 16
 
-// ErrScanLimit is returned when a process's writable memory exceeds the scan's limit.
-var ErrScanLimit = errors.New("writable memory beyond the scan's limit")
+// ErrScanLimit is returned when a process's writable memory, or the runners found in it, exceed the
+// scan's limits.
+var ErrScanLimit = errors.New("beyond the scan's limits")
 
 // LoadBias computes where a PIE executable was loaded, from the mapping of its first page.
 func LoadBias(b *gobin.Binary, maps []procfs.Mapping, exeInode uint64) (uint64, error) {
@@ -180,7 +181,7 @@ func Scan(ctx context.Context, t Target) ([]Found, error) {
 					}
 					if f, ok := validate(t, addr); ok {
 						if len(found) == maxRunners {
-							return nil, fmt.Errorf("more than %d sync runners: not a kube-proxy (it has one per proxier, two at most)", maxRunners)
+							return nil, fmt.Errorf("%w: more than %d sync runners, and a kube-proxy has one per proxier", ErrScanLimit, maxRunners)
 						}
 						seen[addr] = true
 						found = append(found, f)
