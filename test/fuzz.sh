@@ -4,6 +4,7 @@
 # testdata/fuzz/ (commit it: it becomes a regression test) and fails the run.
 #
 #   FUZZTIME=10s test/fuzz.sh
+#   FUZZTIME=10m FUZZFLAGS="-parallel 1" test/fuzz.sh   # one worker: leaves a core to other work
 set -uo pipefail
 cd "$(dirname "$0")/.."
 time=${FUZZTIME:-60s}
@@ -19,7 +20,7 @@ targets=(
 )
 failed=0
 printf '%-36s %8s %12s %s\n' TARGET TIME EXECS RESULT
-fuzz() { go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" 2>&1; }
+fuzz() { go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$time" ${FUZZFLAGS:-} 2>&1; }
 for t in "${targets[@]}"; do
   pkg=${t%%:*} fn=${t##*:}
   out=$(fuzz)

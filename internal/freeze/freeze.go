@@ -80,6 +80,15 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 	defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
 	seized := map[int]*tracee{}
 	var first time.Time
+	interrupt := func(t *tracee) error {
+		if first.IsZero() {
+			first = time.Now()
+		}
+		if err := unix.PtraceInterrupt(t.tid); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("interrupt thread %d: %w", t.tid, err)
+		}
+		return nil
+	}
 	defer func() {
 		for _, t := range seized {
 			if !t.stopped {
@@ -135,15 +144,20 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 			t := &tracee{tid: tid}
 			seized[tid] = t
 			fresh = append(fresh, t)
+			if interruptEach {
+				if err := interrupt(t); err != nil {
+					return st, release, err
+				}
+			}
 		}
 		// Seizing stops nothing; the interrupts stop the threads, so they are sent back to back,
 		// after every seize, and the stop starts with the first of them.
 		for _, t := range fresh {
-			if first.IsZero() {
-				first = time.Now()
+			if interruptEach {
+				break
 			}
-			if err := unix.PtraceInterrupt(t.tid); err != nil && !errors.Is(err, unix.ESRCH) {
-				return st, release, fmt.Errorf("interrupt thread %d: %w", t.tid, err)
+			if err := interrupt(t); err != nil {
+				return st, release, err
 			}
 		}
 		added := len(fresh)
@@ -167,6 +181,10 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 	st.Inside = time.Since(inside)
 	return st, release, err
 }
+
+// interruptEach interrupts each thread as soon as it is seized, rather than all of a round's threads
+// after its last seize: the alternative BenchmarkStop measures beside the default.
+var interruptEach = false
 
 // stopTimeout bounds the wait for one thread's stop: a thread blocked in the kernel (D state)
 // stops only when it returns to user space.

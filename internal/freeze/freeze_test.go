@@ -277,37 +277,51 @@ func BenchmarkStop(b *testing.B) {
 			defer busy.Process.Kill()
 		}
 	}
-	for _, sleep := range []string{"runtime", "thread"} {
-		b.Run("sleep="+sleep, func(b *testing.B) {
-			if sleep == "runtime" {
-				saved := nap
-				nap = func() { time.Sleep(10 * time.Microsecond) }
-				defer func() { nap = saved }()
-			}
-			benchStop(b, f.PID)
-		})
-	}
-}
-
-func benchStop(b *testing.B, pid int) {
-	var stops []time.Duration
-	var stopping time.Duration
+	// The setups, interleaved stop by stop so that the machine's state weighs on each alike: the
+	// default; the runtime's sleep between polls instead of the thread's (an earlier choice); every
+	// thread interrupted as soon as it is seized instead of after the round's last seize; and the
+	// stop taken right after one of the runner's runs (kube-proxy just synced) instead of at any time.
+	setups := []string{"default", "sleep=runtime", "interrupt=each", "when=after-run"}
+	stops := map[string][]time.Duration{}
+	stopping := map[string]time.Duration{}
+	saved := nap
+	i := 0
 	for b.Loop() {
-		st, err := Do(pid, func() error { return nil })
+		setup := setups[i%len(setups)]
+		i++
+		nap, interruptEach = saved, false
+		switch setup {
+		case "sleep=runtime":
+			nap = func() { time.Sleep(10 * time.Microsecond) }
+		case "interrupt=each":
+			interruptEach = true
+		case "when=after-run":
+			for n := len(f.Runs()); len(f.Runs()) == n; {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+		st, err := Do(f.PID, func() error { return nil })
+		nap, interruptEach = saved, false
 		if err != nil {
 			b.Fatal(err)
 		}
-		stops = append(stops, st.Stopped)
-		stopping += st.Stopping
+		stops[setup] = append(stops[setup], st.Stopped)
+		stopping[setup] += st.Stopping
 		time.Sleep(5 * time.Millisecond)
 	}
-	sort.Slice(stops, func(i, j int) bool { return stops[i] < stops[j] })
-	at := func(p int) float64 {
-		return float64(stops[min(len(stops)-1, len(stops)*p/100)]) / float64(time.Microsecond)
+	for _, setup := range setups {
+		ds := stops[setup]
+		if len(ds) == 0 {
+			continue
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		at := func(p int) float64 { return float64(ds[min(len(ds)-1, len(ds)*p/100)]) / float64(time.Microsecond) }
+		name := strings.NewReplacer("=", "-").Replace(setup)
+		b.ReportMetric(at(50), name+"-p50-µs")
+		b.ReportMetric(at(99), name+"-p99-µs")
+		b.ReportMetric(100*float64(stopping[setup])/float64(sumDurations(ds)), name+"-%stopping")
+		b.Logf("%s: %d stops, p50 %.0f µs, p90 %.0f µs, p99 %.0f µs, max %.0f µs", setup, len(ds), at(50), at(90), at(99), at(100))
 	}
-	b.ReportMetric(at(50), "stop-p50-µs")
-	b.ReportMetric(at(99), "stop-p99-µs")
-	b.ReportMetric(100*float64(stopping)/float64(sumDurations(stops)), "%-stopping")
 }
 
 func sumDurations(ds []time.Duration) time.Duration {
