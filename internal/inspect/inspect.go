@@ -100,11 +100,30 @@ func Discover() ([]procfs.Process, error) {
 	return out, err
 }
 
-// All inspects every kube-proxy process on the host.
+// All inspects every kube-proxy process on the host. A panic while reading one (a defect, since
+// every size read is bounded) is that process's error, not the end of the report.
 func All(ctx context.Context, o LocateOptions) (Report, error) {
 	var r Report
-	err := discover(func(p procfs.Process, b *gobin.Binary) { r.Processes = append(r.Processes, inspect(ctx, p, b, o)) })
+	err := discover(func(p procfs.Process, b *gobin.Binary) {
+		var out Process
+		if perr := Safely(p.PID, func() { out = inspect(ctx, p, b, o) }); perr != nil {
+			out = Process{PID: p.PID, StartTime: p.StartTime, Runners: []Runner{}, Error: perr.Error(), err: perr}
+		}
+		r.Processes = append(r.Processes, out)
+	})
 	return r, err
+}
+
+// Safely runs fn, the work on process pid outside any stop of it, and turns a panic into an error.
+// Inside a stop nothing is recovered: a panic there ends kptune, and the kernel releases the process.
+func Safely(pid int, fn func()) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("pid %d: kptune failed reading it (%v): nothing written; please report this with the output of kptune version", pid, r)
+		}
+	}()
+	fn()
+	return nil
 }
 
 func discover(fn func(procfs.Process, *gobin.Binary)) error {

@@ -25,18 +25,21 @@ func TestEveryProcessIsTried(t *testing.T) {
 	var tried []int
 	res, err := each(Options{Store: state.Store{Dir: t.TempDir()}, Log: quiet()}, func(_ Options, pid int) (ProcessResult, error) {
 		tried = append(tried, pid)
-		if pid == 12 {
+		switch pid {
+		case 12:
 			return ProcessResult{}, errors.New("pid 12: refused")
+		case 13:
+			panic("a defect reading pid 13")
 		}
 		return ProcessResult{PID: pid}, nil
 	})
 	if len(tried) != 3 || len(res.Processes) != 3 {
 		t.Fatalf("tried %v, results %+v", tried, res.Processes)
 	}
-	if err == nil || !strings.Contains(err.Error(), "1 of 3") || !strings.Contains(err.Error(), "pid 12: refused") {
+	if err == nil || !strings.Contains(err.Error(), "2 of 3") || !strings.Contains(err.Error(), "pid 12: refused") || !strings.Contains(err.Error(), "a defect reading pid 13") {
 		t.Errorf("error %v", err)
 	}
-	if res.Processes[1].PID != 12 || res.Processes[1].Error == "" || res.Processes[2].Error != "" {
+	if res.Processes[0].Error != "" || res.Processes[1].PID != 12 || res.Processes[1].Error == "" || res.Processes[2].PID != 13 || res.Processes[2].Error == "" {
 		t.Errorf("results %+v", res.Processes)
 	}
 }

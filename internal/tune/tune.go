@@ -115,7 +115,12 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 	var res Result
 	var failed []string
 	for _, p := range procs {
-		pr, err := fn(o, p.PID)
+		var pr ProcessResult
+		var ferr error
+		err := inspect.Safely(p.PID, func() { pr, ferr = fn(o, p.PID) })
+		if err == nil {
+			err = ferr
+		}
 		if err != nil {
 			pr.PID, pr.Error = p.PID, err.Error()
 			failed = append(failed, err.Error())
