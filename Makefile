@@ -7,7 +7,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image fuzz soak bench-smoke bench-churn bench-kptune setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image fuzz soak bench-smoke bench-churn bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -89,7 +89,16 @@ bench-kptune: prebuild
 	./test/setup.sh --bench
 	KPTUNE_BENCH_RECORD=1 $(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-10x} -timeout 90m ./test/bench | tee bench/results/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/probe | tee bench/results/probe.txt
+	$(MAKE) bench-stop
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./internal/agent | tee bench/results/agent.txt
+
+# The stop's length: four setups interleaved stop by stop, five runs of a fresh fixture each, on an
+# idle machine and with two busy loops (BenchmarkStop).
+bench-stop: prebuild
+	{ echo "# idle: go test -run '^$$' -bench BenchmarkStop -benchtime 2000x -count 5 ./internal/freeze" && \
+	  $(GO) test -run '^$$' -bench BenchmarkStop -benchtime 2000x -count 5 ./internal/freeze && \
+	  echo "# loaded: KPTUNE_BENCH_LOAD=2, the same" && \
+	  KPTUNE_BENCH_LOAD=2 $(GO) test -run '^$$' -bench BenchmarkStop -benchtime 2000x -count 5 ./internal/freeze; } | tee bench/results/stop.txt
 
 demo: setup
 	$(GO) run ./test/cmd/testbed demo
