@@ -50,12 +50,10 @@ func Do(pid int, fn func() error) (Stats, error) {
 	res := make(chan result, 1)
 	go func() {
 		// A ptrace tracer is an OS thread. Once every tracee is detached the thread is clean and goes
-		// back to the runtime; if a tracee could not be detached it stays locked, so it exits with
-		// this goroutine and the kernel releases what it still traces. That includes a process killed
-		// during the stop: its threads are zombies only its tracer can release to its parent (a
-		// container's init), which cannot reap it, nor the node restart kube-proxy, until then.
-		// (Exiting threads needlessly has a cost beyond the runtime: a child started with Pdeathsig
-		// from this thread would be killed.)
+		// back to the runtime; if a tracee could not be detached, or one that died in the stop
+		// could not be collected (see reap), it stays locked, so it exits with this goroutine and the
+		// kernel releases what it still traces. (Exiting threads needlessly has a cost beyond the
+		// runtime: a child started with Pdeathsig from this thread would be killed.)
 		runtime.LockOSThread()
 		st, release, err := do(pid, fn)
 		if !release {
@@ -79,6 +77,7 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
 	defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
 	seized := map[int]*tracee{}
+	var gone []*tracee // tracees that died during the stop
 	var first time.Time
 	interrupt := func(t *tracee) error {
 		if first.IsZero() {
@@ -102,9 +101,9 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 			switch derr := detach(t); {
 			case errors.Is(derr, unix.ESRCH):
 				// No longer in a stop: killed (SIGKILL ends a ptrace-stop), exiting or a zombie still
-				// traced. Not an error of the write, but only the tracer's exit (or a wait) lets its
+				// traced. Not an error of the write, but only the tracer's wait (or its exit) lets its
 				// parent reap it.
-				release = true
+				gone = append(gone, t)
 			case derr != nil:
 				release = true
 				err = errors.Join(err, fmt.Errorf("%w %d: %w", errDetach, t.tid, derr))
@@ -114,6 +113,9 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 			st.Stopped = time.Since(first)
 		}
 		st.Threads = len(seized)
+		if !reap(gone) {
+			release = true
+		}
 	}()
 	for round := 0; ; round++ {
 		tids, err := threads(pid)
@@ -180,6 +182,34 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 	err = fn()
 	st.Inside = time.Since(inside)
 	return st, release, err
+}
+
+// reapTimeout bounds the wait for the threads of a process that died during the stop.
+const reapTimeout = time.Second
+
+// reap collects the exit of each tracee that died during the stop, which the kernel reports to its
+// tracer before its parent: once every thread is collected, the process's parent (a container's
+// init) is told and can reap it. It reports whether it collected them all; if not, the tracing
+// thread exits (see Do) and the kernel releases the rest. A thread group's leader is reported only
+// after its other threads, hence the loop over all of them.
+func reap(gone []*tracee) bool {
+	deadline := time.Now().Add(reapTimeout)
+	for len(gone) > 0 && time.Now().Before(deadline) {
+		left := gone[:0]
+		for _, t := range gone {
+			var ws unix.WaitStatus
+			wpid, err := unix.Wait4(t.tid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if wpid == 0 && (err == nil || errors.Is(err, unix.EINTR)) {
+				left = append(left, t) // still exiting
+			}
+			// Reaped, or no longer this thread's tracee (ECHILD): done with it.
+		}
+		gone = left
+		if len(gone) > 0 {
+			nap()
+		}
+	}
+	return len(gone) == 0
 }
 
 // interruptEach interrupts each thread as soon as it is seized, rather than all of a round's threads
