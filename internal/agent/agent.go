@@ -204,7 +204,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		a.guard(mp.proc.PID, "tend", func() { a.tend(ctx, mp) })
+		if !a.guard(mp.proc.PID, "tend", func() { a.tend(ctx, mp) }) {
+			mp.gaveUp = true
+		}
 		if mp.gaveUp {
 			// Refused for good (a panic, or what locating it found): examined again only if it
 			// execs another executable.
@@ -395,22 +397,18 @@ func locateBackoff(misses int, interval time.Duration) time.Duration {
 	return min(interval<<min(misses-5, 16), 2*time.Minute)
 }
 
-// guard runs one process's work; a panic in it (a defect in reading what that process holds) is
-// logged and counted, and refuses that process rather than ending the agent. It is never used
-// inside a stop of kube-proxy: a panic there ends the agent, and the kernel releases kube-proxy.
-func (a *Agent) guard(pid int, what string, fn func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			a.m.panics.Inc()
-			a.refuse(pid, "panic", fmt.Errorf("%s: panic: %v\n%s", what, r, debug.Stack()))
-			for _, mp := range a.procs {
-				if mp.proc.PID == pid {
-					mp.gaveUp = true
-				}
-			}
-		}
-	}()
-	fn()
+// guard runs one process's work (inspect.Safely); a panic in it (a defect in reading what that
+// process holds) is logged with its stack and counted, refuses that process rather than ending the
+// agent, and is reported as false. Never used inside a stop of kube-proxy: a panic there ends the
+// agent, and the kernel releases kube-proxy.
+func (a *Agent) guard(pid int, what string, fn func()) bool {
+	var pe *inspect.PanicError
+	if err := inspect.Safely(pid, fn); errors.As(err, &pe) {
+		a.m.panics.Inc()
+		a.refuse(pid, "panic", fmt.Errorf("%s: %w\n%s", what, pe, pe.Stack))
+		return false
+	}
+	return true
 }
 
 // refuse reports a process the agent will not manage, with why.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -113,17 +114,7 @@ func TestDiscoveryFollowsExec(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: a kube-proxy runs as root, and the agent reads other processes' executables")
 	}
-	fake, err := testbed.Hostile(testbed.FakeWithClientGo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sh := exec.Command("sh", "-c", `sleep 1; exec "$0"`, fake)
-	sh.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := sh.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
-	pid := sh.Process.Pid
+	fake, pid := startExecing(t, testbed.FakeWithClientGo, time.Second)
 	a, err := New(Options{Config: DefaultConfig(), Log: quiet(), StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -152,4 +143,22 @@ func TestDiscoveryFollowsExec(t *testing.T) {
 	if !managed() {
 		t.Fatal("the process that exec'd a kube-proxy was not examined again")
 	}
+}
+
+// startExecing starts a shell that execs the fake built with tags after delay, as runc init or an
+// entrypoint script turns into kube-proxy; it returns the fake's path and the shell's PID, which the
+// fake keeps. The shell dies with the test.
+func startExecing(t *testing.T, tags string, delay time.Duration) (string, int) {
+	t.Helper()
+	fake, err := testbed.Hostile(tags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := exec.Command("sh", "-c", fmt.Sprintf(`sleep %g; exec "$0"`, delay.Seconds()), fake)
+	sh.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
+	return fake, sh.Process.Pid
 }

@@ -5,12 +5,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,17 +81,8 @@ func TestHostileNode(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	for i := 0; i < 3; i++ {
-		bin, err := testbed.Hostile(testbed.FakeHugeRunner)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sh := exec.Command("sh", "-c", `sleep 3; exec "$0"`, bin)
-		sh.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := sh.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
-		fakes = append(fakes, fake{sh.Process.Pid, "a shell that execs a fake", "locate"})
+		_, pid := startExecing(t, testbed.FakeHugeRunner, 3*time.Second)
+		fakes = append(fakes, fake{pid, "a shell that execs a fake", "locate"})
 	}
 	for i := 0; i < 5; i++ {
 		start("a fake without client-go", "identity", testbed.FakeKubeProxy, 0)

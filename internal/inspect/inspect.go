@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -114,16 +115,29 @@ func All(ctx context.Context, o LocateOptions) (Report, error) {
 	return r, err
 }
 
-// Safely runs fn, the work on process pid outside any stop of it, and turns a panic into an error.
-// Inside a stop nothing is recovered: a panic there ends kptune, and the kernel releases the process.
+// Safely runs fn, the work on process pid outside any stop of it, and turns a panic into a
+// *PanicError. Inside a stop nothing is recovered: a panic there ends kptune, and the kernel
+// releases the process.
 func Safely(pid int, fn func()) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("pid %d: kptune failed reading it (%v): nothing written; please report this with the output of kptune version", pid, r)
+			err = &PanicError{PID: pid, Value: r, Stack: debug.Stack()}
 		}
 	}()
 	fn()
 	return nil
+}
+
+// PanicError is a panic recovered while reading a process: a defect, since every size read is
+// bounded. Its message is one line; Stack is where it happened.
+type PanicError struct {
+	PID   int
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("pid %d: kptune failed reading it (%v): nothing written; please report this with the output of kptune version", e.PID, e.Value)
 }
 
 func discover(fn func(procfs.Process, *gobin.Binary)) error {

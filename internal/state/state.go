@@ -60,13 +60,16 @@ func (s Store) ensure(sub string) error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, sub), 0o700); err != nil {
 		return err
 	}
-	if err := checkDir(s.Dir); err != nil {
+	return s.check(sub)
+}
+
+// check checks DIR and, unless sub is "", DIR/sub (checkDir); an error wraps os.ErrNotExist where
+// one of them does not exist.
+func (s Store) check(sub string) error {
+	if err := checkDir(s.Dir); err != nil || sub == "" {
 		return err
 	}
-	if sub != "" {
-		return checkDir(filepath.Join(s.Dir, sub))
-	}
-	return nil
+	return checkDir(filepath.Join(s.Dir, sub))
 }
 
 // checkDir refuses a directory that is a symbolic link, is owned by another user than root or
@@ -112,16 +115,9 @@ func openFile(path string, flag int, perm os.FileMode) (*os.File, error) {
 // Load returns the record of a process, or nil if there is none. A record that does not parse, or
 // whose build ID differs, is an error: it is not applied.
 func (s Store) Load(pid int, start uint64, buildID string) (*Record, error) {
-	if err := checkDir(s.Dir); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	if err := checkDir(filepath.Join(s.Dir, "records")); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
+	if err := s.check("records"); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
 		return nil, err
 	}
 	f, err := openFile(s.recordPath(pid, start), os.O_RDONLY, 0)
@@ -215,16 +211,9 @@ func (s Store) Remove(pid int, start uint64) error {
 // Clean removes the records of processes that no longer exist (or whose PID was reused) and
 // returns how many it removed.
 func (s Store) Clean() (int, error) {
-	if err := checkDir(s.Dir); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
-		}
-		return 0, err
-	}
-	if err := checkDir(filepath.Join(s.Dir, "records")); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
-		}
+	if err := s.check("records"); errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
 		return 0, err
 	}
 	ents, err := os.ReadDir(filepath.Join(s.Dir, "records"))

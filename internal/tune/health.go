@@ -3,6 +3,7 @@ package tune
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,6 +30,17 @@ func newProbe(p procfs.Process) *probe {
 		avg:     sync.OnceValues(func() (time.Duration, bool) { return observedSync(p) }),
 		configz: sync.OnceValues(func() (time.Duration, bool) { return configzSyncPeriod(p) }),
 	}
+}
+
+// rail applies the /healthz rail to a runner's planned values, adding its notes to the result once.
+func (r *ProcessResult) rail(pr *probe, f locate.Found, v patch.Values, force bool) error {
+	notes, err := healthRail(pr, f, v, force)
+	for _, n := range notes {
+		if !slices.Contains(r.Notes, n) {
+			r.Notes = append(r.Notes, n)
+		}
+	}
+	return err
 }
 
 // healthRail refuses a period with which a queued change could wait close to 2 × syncPeriod:

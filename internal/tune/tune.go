@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -209,8 +208,13 @@ func begin(o Options, pid int) (*prepared, ProcessResult, error) {
 	if err != nil {
 		return nil, ProcessResult{}, err
 	}
-	gen := p.target.Locate.Layout.Generation
-	return p, ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(gen), Locator: p.by, DryRun: o.DryRun}, nil
+	l := p.target.Locate.Layout
+	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), Locator: p.by, DryRun: o.DryRun}
+	if err := confirmed(l, o.Force); err != nil {
+		p.close()
+		return nil, res, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return p, res, nil
 }
 
 func set(o Options, pid int) (ProcessResult, error) {
@@ -221,9 +225,6 @@ func set(o Options, pid int) (ProcessResult, error) {
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
-	if err := confirmed(l, o.Force); err != nil {
-		return res, fmt.Errorf("pid %d: %w", pid, err)
-	}
 	runners, err := selectRunners(p.found, o.Runner)
 	if err != nil {
 		return res, err
@@ -235,13 +236,7 @@ func set(o Options, pid int) (ProcessResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
-		notes, err := healthRail(health, f, v, o.Force)
-		for _, n := range notes {
-			if !slices.Contains(res.Notes, n) {
-				res.Notes = append(res.Notes, n)
-			}
-		}
-		if err != nil {
+		if err := res.rail(health, f, v, o.Force); err != nil {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
 		rws = addRunner(&res, rws, f, v, ws)
@@ -339,9 +334,6 @@ func reset(o Options, pid int) (ProcessResult, error) {
 	}
 	defer p.close()
 	l := p.target.Locate.Layout
-	if err := confirmed(l, o.Force); err != nil {
-		return res, fmt.Errorf("pid %d: %w", pid, err)
-	}
 	rec, err := o.Store.Load(pid, p.proc.StartTime, p.bin.BuildID())
 	if err != nil {
 		return res, err
@@ -367,13 +359,7 @@ func reset(o Options, pid int) (ProcessResult, error) {
 			return res, fmt.Errorf("pid %d: %w", pid, err)
 		}
 		// A record is input like any other: what it restores passes the rails a set would.
-		notes, err := healthRail(health, f, v, o.Force)
-		for _, n := range notes {
-			if !slices.Contains(res.Notes, n) {
-				res.Notes = append(res.Notes, n)
-			}
-		}
-		if err != nil {
+		if err := res.rail(health, f, v, o.Force); err != nil {
 			return res, fmt.Errorf("pid %d: the recorded original: %w", pid, err)
 		}
 		rws = addRunner(&res, rws, f, v, ws)
