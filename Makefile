@@ -15,12 +15,13 @@ build:
 	$(GO) build -o bin/kptune ./cmd/kptune
 
 # The agent's image: the static binary alone (Dockerfile, FROM scratch), built by Docker where its
-# daemon runs, else by buildah (no daemon), which also writes it as an OCI archive to load elsewhere.
+# daemon runs, else by buildah (no daemon), which also writes it as bin/kptune-image.tar, a docker-archive
+# that `docker load`, `ctr images import` and `kind load image-archive` read.
 image: setup
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/kptune-static ./cmd/kptune
 	if command -v docker >/dev/null && docker info >/dev/null 2>&1; then docker build -t kptune:latest .; \
 	else buildah bud -q -f Dockerfile -t kptune:latest . && rm -f bin/kptune-image.tar && \
-		buildah push -q kptune:latest oci-archive:bin/kptune-image.tar:kptune:latest && ls -l bin/kptune-image.tar; fi
+		buildah push -q kptune:latest docker-archive:bin/kptune-image.tar:kptune:latest && ls -l bin/kptune-image.tar; fi
 
 setup:
 	./test/setup.sh

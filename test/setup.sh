@@ -5,13 +5,15 @@
 # Idempotent and quick when everything is present. With --matrix it also installs Debian's Go 1.19,
 # which `make test-matrix` builds the kube-proxy releases of that era with. With --bench it installs
 # perf and gdb (the approach the retune benchmark compares against) and mounts tracefs for perf probe.
+# With --e2e it installs what `make e2e` runs a node with: containerd, runc and the CNI plugins.
 set -euo pipefail
-matrix=0 bench=0
+matrix=0 bench=0 e2e=0
 for a in "$@"; do
   case "$a" in
     --matrix) matrix=1 ;;
     --bench) bench=1 ;;
-    *) die "unknown flag $a: use --matrix or --bench" ;;
+    --e2e) e2e=1 ;;
+    *) echo "setup.sh: unknown flag $a: use --matrix, --bench or --e2e" >&2; exit 1 ;;
   esac
 done
 die() { echo "setup.sh: $*" >&2; exit 1; }
@@ -21,6 +23,11 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables nft:nftables conntr
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 [ $matrix = 1 ] && [ ! -x /usr/lib/go-1.19/bin/go ] && need+=(golang-1.19)
+if [ $e2e = 1 ]; then
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+fi
 if [ $bench = 1 ]; then
   command -v perf >/dev/null || need+=(linux-perf)
   command -v gdb >/dev/null || need+=(gdb)

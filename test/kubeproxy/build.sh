@@ -10,7 +10,7 @@
 #   --debug        keep symbols and DWARF (no -s -w): the ground truth for layout tests
 #   --go TC        another Go toolchain: go1.22.12 (golang.org/toolchain from the module proxy)
 #                  or a path to a go binary (/usr/lib/go-1.19/bin/go)
-#   --cmd NAME     kube-proxy (default) or kube-apiserver
+#   --cmd NAME     kube-proxy (default), kube-apiserver, kube-controller-manager, kube-scheduler or kubelet
 #   --fixture NAME a test fixture of test/fixtures/NAME (a small program importing the real runner)
 #
 # Cache: ${KPTUNE_CACHE:-$HOME/.cache/kptune}/bin/NAME-VERSION-FLAVOUR/NAME; the generated module that
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --cgo) cgo=1 ;;
     --debug) debug=1 ;;
     --go) [ $# -ge 2 ] || die "--go needs a toolchain (go1.22.12) or a path to a go binary"; toolchain=$2; shift ;;
-    --cmd) [ $# -ge 2 ] || die "--cmd needs kube-proxy or kube-apiserver"; cmd=$2; shift ;;
+    --cmd) [ $# -ge 2 ] || die "--cmd needs a command name (kube-proxy, kubelet, ...)"; cmd=$2; shift ;;
     --fixture) [ $# -ge 2 ] || die "--fixture needs a name from test/fixtures"; fixture=$2; shift ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown flag $1 (see --help)" ;;
@@ -38,7 +38,7 @@ done
 version=v${version#v}
 [[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "version $version is not of the form v1.MINOR.PATCH"
 minor=${BASH_REMATCH[1]} patch=${BASH_REMATCH[2]}
-case "$cmd" in kube-proxy|kube-apiserver) ;; *) die "--cmd $cmd: only kube-proxy and kube-apiserver are built here" ;; esac
+case "$cmd" in kube-proxy|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet) ;; *) die "--cmd $cmd: one of kube-proxy, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet" ;; esac
 pkg="k8s.io/kubernetes/cmd/$cmd"
 if [ -n "$fixture" ]; then
   src="$(cd "$(dirname "$0")/.." && pwd)/fixtures/$fixture"

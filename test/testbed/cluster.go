@@ -157,8 +157,8 @@ func Up(ctx context.Context, opts ClusterOptions) (_ *Cluster, err error) {
 		"--service-account-key-file="+p("sa.key"), "--service-account-signing-key-file="+p("sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-cluster-ip-range=10.96.0.0/16,fd00:96::/108",
-		"--authorization-mode=RBAC", "--cert-dir="+filepath.Join(c.Dir, "apiserver-certs"),
-		"--profiling=false", "--v=0")
+		"--authorization-mode=Node,RBAC", "--cert-dir="+filepath.Join(c.Dir, "apiserver-certs"),
+		"--allow-privileged=true", "--profiling=false", "--v=0")
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +203,10 @@ func (c *Cluster) Down() error {
 
 // start starts a process and records it for cleanup.
 func (c *Cluster) start(name, ns, log string, env []string, bin string, args ...string) (*proc, error) {
-	p, err := start(name, ns, log, c.opts.Detach, env, bin, args...)
+	return c.record(start(name, ns, log, c.opts.Detach, env, bin, args...))
+}
+
+func (c *Cluster) record(p *proc, err error) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}

@@ -104,59 +104,19 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, o KubeProxyOptions) (*Kube
 			return nil, err
 		}
 	}
-	c.mu.Lock()
-	n := c.nodes
-	c.nodes++
-	c.mu.Unlock()
-	if n > 250 {
-		return nil, fmt.Errorf("a test bed holds at most 250 kube-proxies")
+	n, ns, ip4, ip6, err := c.nodeNetns(o.DualStack)
+	if err != nil {
+		return nil, err
 	}
 	kp := &KubeProxy{
 		// Named after the test bed, so that test beds running side by side (and agents told their
 		// node) never mistake one another's kube-proxies.
 		Node:    fmt.Sprintf("%s-node-%d", c.ID, n),
-		NS:      fmt.Sprintf("%s-kp%d", c.ID, n),
-		IP:      fmt.Sprintf("10.251.%d.2", n),
+		NS:      ns,
+		IP:      ip4,
 		Binary:  bin,
 		Options: o,
 		c:       c,
-	}
-	ip6 := fmt.Sprintf("fd00:251:%x::2", n)
-	if err := c.addNetns(kp.NS); err != nil {
-		return nil, err
-	}
-	if !o.DualStack {
-		err := netns.ForName(kp.NS).Do(func() error {
-			for _, f := range []string{"all", "default", "lo"} {
-				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("disable IPv6 in %s: %w", kp.NS, err)
-		}
-	}
-	veth := fmt.Sprintf("kp%d", n)
-	steps := [][]string{
-		{"-n", c.NS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", kp.NS},
-		{"-n", c.NS, "addr", "add", fmt.Sprintf("10.251.%d.1/24", n), "dev", veth},
-		{"-n", c.NS, "link", "set", veth, "up"},
-		{"-n", kp.NS, "addr", "add", kp.IP + "/24", "dev", "eth0"},
-		{"-n", kp.NS, "link", "set", "eth0", "up"},
-		{"-n", kp.NS, "route", "add", "default", "via", fmt.Sprintf("10.251.%d.1", n)},
-	}
-	if o.DualStack {
-		steps = append(steps,
-			[]string{"-n", c.NS, "-6", "addr", "add", fmt.Sprintf("fd00:251:%x::1/64", n), "dev", veth, "nodad"},
-			[]string{"-n", kp.NS, "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
-			[]string{"-n", kp.NS, "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:251:%x::1", n)})
-	}
-	for _, s := range steps {
-		if err := ip(s...); err != nil {
-			return nil, err
-		}
 	}
 
 	// kube-proxy waits for its Node and leaves when the Node's addresses change later: create the Node
@@ -471,4 +431,57 @@ func (c *Cluster) ipv4OnlyPath() (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// nodeNetns creates the network namespace of a new node (a kube-proxy's, or a kubelet's) joined to
+// the control plane's by a veth pair, and returns its number, name and addresses (10.251.N.2 and,
+// dual-stack, fd00:251:N::2). Single-stack, IPv6 is disabled in it.
+func (c *Cluster) nodeNetns(dualStack bool) (n int, ns, ip4, ip6 string, err error) {
+	c.mu.Lock()
+	n = c.nodes
+	c.nodes++
+	c.mu.Unlock()
+	if n > 250 {
+		return 0, "", "", "", fmt.Errorf("a test bed holds at most 250 nodes")
+	}
+	ns = fmt.Sprintf("%s-kp%d", c.ID, n)
+	ip4 = fmt.Sprintf("10.251.%d.2", n)
+	ip6 = fmt.Sprintf("fd00:251:%x::2", n)
+	if err := c.addNetns(ns); err != nil {
+		return 0, "", "", "", err
+	}
+	if !dualStack {
+		err := netns.ForName(ns).Do(func() error {
+			for _, f := range []string{"all", "default", "lo"} {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, "", "", "", fmt.Errorf("disable IPv6 in %s: %w", ns, err)
+		}
+	}
+	veth := fmt.Sprintf("kp%d", n)
+	steps := [][]string{
+		{"-n", c.NS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", c.NS, "addr", "add", fmt.Sprintf("10.251.%d.1/24", n), "dev", veth},
+		{"-n", c.NS, "link", "set", veth, "up"},
+		{"-n", ns, "addr", "add", ip4 + "/24", "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.251.%d.1", n)},
+	}
+	if dualStack {
+		steps = append(steps,
+			[]string{"-n", c.NS, "-6", "addr", "add", fmt.Sprintf("fd00:251:%x::1/64", n), "dev", veth, "nodad"},
+			[]string{"-n", ns, "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
+			[]string{"-n", ns, "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:251:%x::1", n)})
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return 0, "", "", "", err
+		}
+	}
+	return n, ns, ip4, ip6, nil
 }

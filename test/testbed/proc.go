@@ -25,6 +25,9 @@ type state struct {
 	KeepDir    bool     `json:"keepDir"`
 	PIDs       []int    `json:"pids"`
 	Namespaces []string `json:"namespaces"`
+	// A node's: the cgroup its pods run under, and its containerd's socket, whose shims outlive it.
+	Cgroups []string `json:"cgroups,omitempty"`
+	Sockets []string `json:"sockets,omitempty"`
 }
 
 func (s *state) file() string { return filepath.Join(stateDir, s.ID+".json") }
@@ -45,6 +48,19 @@ func (s *state) cleanup() error {
 	var errs []error
 	for i := len(s.PIDs) - 1; i >= 0; i-- {
 		killWait(s.PIDs[i], 10*time.Second)
+	}
+	for _, sock := range s.Sockets {
+		killShims(sock)
+	}
+	for _, cg := range s.Cgroups {
+		if err := removeCgroup(cg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.Dir != "" && (len(s.Sockets) > 0 || len(s.Cgroups) > 0) {
+		if err := unmountUnder(s.Dir); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for i := len(s.Namespaces) - 1; i >= 0; i-- {
 		if err := delNetns(s.Namespaces[i]); err != nil {
@@ -139,12 +155,23 @@ type proc struct {
 // namespace's own /sys), with its output in logPath. Unless detach is set, the process dies with
 // its parent.
 func start(name, ns, logPath string, detach bool, env []string, bin string, args ...string) (*proc, error) {
+	return launch(name, append([]string{"ip", "netns", "exec", ns, bin}, args...), logPath, detach, env)
+}
+
+// startHostSys is start through nsenter, which enters the network namespace only: the program sees
+// this machine's /sys, and with it the cgroup hierarchies (`ip netns exec` mounts the namespace's
+// own sysfs over /sys, where containerd, runc and the kubelet find no cgroup mount).
+func startHostSys(name, ns, logPath string, detach bool, env []string, bin string, args ...string) (*proc, error) {
+	return launch(name, append([]string{"nsenter", "--net=/run/netns/" + ns, "--", bin}, args...), logPath, detach, env)
+}
+
+func launch(name string, argv []string, logPath string, detach bool, env []string) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
