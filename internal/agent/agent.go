@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"kptune/internal/gobin"
@@ -67,6 +68,8 @@ type Agent struct {
 	other map[key]bool // processes known not to be a kube-proxy of this node, or refused
 	ready atomic.Bool
 	last  atomic.Int64
+	// blocked says why the agent cannot work at all (a privilege it lacks); set before it serves.
+	blocked string
 }
 
 // key identifies a process: its PID and start time, and its executable's device and inode, since an
@@ -152,10 +155,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer srv.Close()
 	}
 	a.log.Info("agent started", "policy", a.pol.Name(), "node", a.o.NodeName, "interval", a.o.Interval)
+	if why := missingPrivilege(); why != "" {
+		// Without it every kube-proxy would look unreadable, and be skipped without a word.
+		a.blocked = why
+		a.log.Error("the agent cannot work: it writes nothing and stays unready", "reason", why)
+		a.kube.event(corev1.EventTypeWarning, "MissingCapability", "kptune agent: %s", why)
+	}
 	tick := time.NewTicker(a.o.Interval)
 	defer tick.Stop()
 	for {
-		a.reconcile(ctx)
+		if a.blocked == "" {
+			a.reconcile(ctx)
+		} else {
+			a.last.Store(time.Now().UnixNano()) // alive, and saying why it is not ready
+		}
 		select {
 		case <-ctx.Done():
 			a.shutdown()
@@ -181,6 +194,10 @@ func (a *Agent) serve() (*http.Server, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if a.blocked != "" {
+			http.Error(w, a.blocked, http.StatusServiceUnavailable)
+			return
+		}
 		if !a.ready.Load() {
 			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
 			return
@@ -642,4 +659,23 @@ func (s sample) inputs(prev sample, syncPeriod time.Duration) policy.Inputs {
 		Window: s.at.Sub(prev.at), Syncs: float64(s.syncs - prev.syncs), SyncSeconds: s.syncSum - prev.syncSum,
 		CPUSeconds: (s.cpu - prev.cpu).Seconds(), Changes: s.changes - prev.changes, SyncPeriod: syncPeriod,
 	}
+}
+
+// missingPrivilege says which privilege the agent lacks to read and stop a kube-proxy, or "": user
+// root (kube-proxy runs as root, and a process's memory is readable by its own user) and the
+// effective capability CAP_SYS_PTRACE (kube-proxy holds capabilities the agent does not, so even
+// root needs it to read /proc/PID/mem and to stop it).
+func missingPrivilege() string {
+	if os.Geteuid() != 0 {
+		return fmt.Sprintf("it runs as uid %d, not root: run it as root (the chart's securityContext.runAsUser 0)", os.Geteuid())
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Sprintf("cannot read its capabilities: %v", err)
+	}
+	if data[unix.CAP_SYS_PTRACE/32].Effective&(1<<(unix.CAP_SYS_PTRACE%32)) == 0 {
+		return "it lacks the capability CAP_SYS_PTRACE: add SYS_PTRACE to the container's securityContext.capabilities (the chart's capabilities value)"
+	}
+	return ""
 }

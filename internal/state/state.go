@@ -208,11 +208,11 @@ func (s Store) Remove(pid int, start uint64) error {
 	return err
 }
 
-// Clean removes the records of processes that no longer exist (or whose PID was reused) and
-// returns how many it removed.
+// Clean removes the records of processes that no longer exist (or whose PID was reused), and their
+// lock files, and returns how many records it removed.
 func (s Store) Clean() (int, error) {
 	if err := s.check("records"); errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, s.cleanLocks()
 	} else if err != nil {
 		return 0, err
 	}
@@ -236,7 +236,40 @@ func (s Store) Clean() (int, error) {
 			n++
 		}
 	}
-	return n, nil
+	return n, s.cleanLocks()
+}
+
+// cleanLocks removes the lock files of processes that no longer exist, each only while holding its
+// lock (Lock checks that the file it locked is still the one at its path).
+func (s Store) cleanLocks() error {
+	if err := s.check("locks"); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(filepath.Join(s.Dir, "locks"))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".lock"))
+		if err != nil || !strings.HasSuffix(e.Name(), ".lock") {
+			continue
+		}
+		if _, err := procfs.Get(pid); err == nil {
+			continue
+		}
+		path := filepath.Join(s.Dir, "locks", e.Name())
+		f, err := openFile(path, os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			_ = os.Remove(path)
+		}
+		f.Close()
+	}
+	return nil
 }
 
 // Lock takes the write lock of a process; it fails at once if another kptune holds it. The lock
@@ -255,6 +288,12 @@ func (s Store) Lock(pid int) (func(), error) {
 			return nil, fmt.Errorf("another kptune is writing to pid %d: wait for it and try again", pid)
 		}
 		return nil, err
+	}
+	// Clean may have removed the file between the open and the lock: then this lock guards nothing.
+	var held, now syscall.Stat_t
+	if syscall.Fstat(int(f.Fd()), &held) != nil || syscall.Lstat(f.Name(), &now) != nil || held.Ino != now.Ino || held.Dev != now.Dev {
+		f.Close()
+		return nil, fmt.Errorf("the lock file of pid %d was removed meanwhile (its process had exited): try again", pid)
 	}
 	return func() { f.Close() }, nil
 }

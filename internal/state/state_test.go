@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,40 @@ func TestLockAndAudit(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() == 0 {
 		t.Errorf("audit log %v %v", fi, err)
 	}
+}
+
+// TestCleanRemovesLocks: the lock files of exited processes go with their records (a kube-proxy
+// container restarting in a loop gets a new PID each time); a held one and a live process's stay.
+func TestCleanRemovesLocks(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	const dead = 999999999
+	unlockDead, err := s.Lock(dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlockSelf, err := s.Lock(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlockSelf()
+	lockFile := func(pid int) string { return filepath.Join(s.Dir, "locks", strconv.Itoa(pid)+".lock") }
+	if _, err := s.Clean(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lockFile(dead)); err != nil {
+		t.Errorf("a held lock was removed: %v", err)
+	}
+	unlockDead()
+	if _, err := s.Clean(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lockFile(dead)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the lock of an exited process is left after Clean: %v", err)
+	}
+	if _, err := os.Stat(lockFile(os.Getpid())); err != nil {
+		t.Errorf("the lock of a live process was removed: %v", err)
+	}
+
 }
 
 // TestUnsafeStateDirectory: a state directory someone else could have prepared is refused (it held

@@ -28,6 +28,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/fields"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -387,6 +388,9 @@ func alive(pid int) (bool, string) {
 	return syscall.Kill(pid, 0) == nil, ""
 }
 
+// Figures the test measures, logged as one line each for bench/results (see make e2e).
+func (w *world) figure(name string, v any) { w.t.Logf("figure %s %v", name, v) }
+
 func TestE2E(t *testing.T) {
 	ctx := context.Background()
 	w := setUp(t)
@@ -402,10 +406,215 @@ func TestE2E(t *testing.T) {
 
 	w.apply(ctx, filepath.Join("testdata", "kube-proxy.yaml"), map[string]string{
 		"IMAGE": kpImage.Name, "SERVER": "https://" + testbed.APIAddress + ":6443", "MIN_SYNC_PERIOD": "1s"})
-	var pid int
-	w.eventually(2*time.Minute, "kube-proxy's DaemonSet pod runs and syncs", func() (bool, string) {
-		if pid = w.kubeProxyPID(w.nd.Name); pid == 0 {
-			return false, "no kube-proxy process in the node's pods"
+	pid, firstSync := w.waitKubeProxy(ctx, 0, 2*time.Minute)
+	t.Logf("kube-proxy pid %d: %s", pid, w.periods(pid))
+
+	install := []string{"install", "kptune", w.chart, "--namespace", "kptune", "--create-namespace",
+		"--set", "image.pullPolicy=Never", "--set", "stateDir=" + w.stateDir, "--set", "resetOnExit=true",
+		"--set", "config.policy=static", "--set", "config.minSyncPeriod=3s"}
+	step(t, "helm install: the agent is Ready and kube-proxy holds the policy's period", func(t *testing.T) {
+		start := time.Now()
+		w.helm(ctx, install...)
+		ready := w.eventually(90*time.Second, "the agent's pod is Ready", func() (bool, string) {
+			p, ok := w.agentPod(ctx, "kptune")
+			if p == nil {
+				return false, "no pod"
+			}
+			return ok, string(p.Status.Phase)
+		})
+		w.eventually(30*time.Second, "kube-proxy holds 3s", func() (bool, string) { return w.holds(pid, 3*time.Second) })
+		written := time.Since(start)
+		w.figure("install_to_ready_s", ready.Seconds())
+		w.figure("install_to_verified_write_s", written.Seconds())
+		t.Logf("helm install → Ready %v, → 3s verified %v (kube-proxy's first sync was %v before the install)",
+			ready.Round(time.Millisecond), written.Round(time.Millisecond), start.Sub(firstSync).Round(time.Millisecond))
+		if ok, why := alive(pid); !ok {
+			t.Fatalf("kube-proxy after the write: %s", why)
+		}
+	})
+
+	step(t, "the agent's /metrics on the node's loopback, not on its address", func(t *testing.T) {
+		w.eventually(20*time.Second, "kptune_min_sync_period_seconds is 3", func() (bool, string) {
+			v, ok := w.agentPeriod(ctx, pid)
+			return ok && v == 3, fmt.Sprint(v)
+		})
+		if conn, err := w.nd.Dialer().DialContext(ctx, "tcp", w.nd.IP+":9842"); err == nil {
+			conn.Close()
+			t.Errorf("the agent answers on the node's address %s:9842; the chart's default is its loopback", w.nd.IP)
+		}
+	})
+
+	step(t, "the Node's annotation sets the period, with an Event", func(t *testing.T) {
+		w.annotate(ctx, "5s")
+		w.eventually(30*time.Second, "kube-proxy holds 5s", func() (bool, string) { return w.holds(pid, 5*time.Second) })
+		w.eventually(30*time.Second, "an Event MinSyncPeriodSet for 5s on the Node", func() (bool, string) {
+			for _, e := range w.events(ctx, "MinSyncPeriodSet") {
+				if strings.Contains(e.Message, "→ 5s") {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%d such Events, none for 5s", len(w.events(ctx, "MinSyncPeriodSet")))
+		})
+		w.annotate(ctx, "")
+		w.eventually(30*time.Second, "kube-proxy back at the policy's 3s", func() (bool, string) { return w.holds(pid, 3*time.Second) })
+	})
+
+	step(t, "kubectl delete pod: the new kube-proxy is set within 10 s of its first sync", func(t *testing.T) {
+		old := pid
+		w.deleteKubeProxyPod(ctx)
+		pid, firstSync = w.waitKubeProxy(ctx, old, 2*time.Minute)
+		d := w.eventually(30*time.Second, "the new kube-proxy holds 3s", func() (bool, string) { return w.holds(pid, 3*time.Second) })
+		since := time.Since(firstSync)
+		w.figure("new_pod_first_sync_to_verified_write_s", since.Seconds())
+		t.Logf("new kube-proxy pid %d (was %d): 3s verified %v after its first sync", pid, old, since.Round(time.Millisecond))
+		if since > 10*time.Second {
+			t.Errorf("the new kube-proxy was set %v after its first sync, want ≤ 10 s", since)
+		}
+		_ = d
+	})
+
+	step(t, "helm upgrade to the adaptive policy and back", func(t *testing.T) {
+		w.helm(ctx, "upgrade", "kptune", w.chart, "--namespace", "kptune", "--reuse-values", "--set", "config.policy=adaptive", "--set", "config.decideEvery=10s")
+		w.eventually(90*time.Second, "the agent runs the adaptive policy", func() (bool, string) {
+			code, body, err := w.agentGet(ctx, "/metrics")
+			if err != nil || code != 200 {
+				return false, fmt.Sprint(code, err)
+			}
+			return strings.Contains(body, `source="adaptive`) || strings.Contains(body, `source="policy adaptive`), "no adaptive decision in /metrics yet"
+		})
+		w.helm(ctx, "upgrade", "kptune", w.chart, "--namespace", "kptune", "--reuse-values", "--set", "config.policy=static", "--set", "config.minSyncPeriod=2s")
+		w.eventually(90*time.Second, "kube-proxy holds the static 2s", func() (bool, string) { return w.holds(pid, 2*time.Second) })
+	})
+
+	step(t, "kube-proxy's container restarting in a loop: no state left behind", func(t *testing.T) {
+		for i := 0; i < 20; i++ {
+			old := pid
+			_ = syscall.Kill(old, syscall.SIGKILL)
+			pid, _ = w.waitKubeProxy(ctx, old, time.Minute)
+		}
+		w.eventually(30*time.Second, "the last kube-proxy holds 2s", func() (bool, string) { return w.holds(pid, 2*time.Second) })
+		records, locks := w.stateFiles("records"), w.stateFiles("locks")
+		w.figure("restart_loop_records", len(records))
+		w.figure("restart_loop_locks", len(locks))
+		t.Logf("after 20 restarts: records %v, locks %v", records, locks)
+		if len(records) > 1 || len(locks) > 1 {
+			t.Errorf("after 20 restarts the state directory holds %d records and %d locks, want at most the live kube-proxy's", len(records), len(locks))
+		}
+		if ok, why := alive(pid); !ok {
+			t.Fatalf("kube-proxy: %s", why)
+		}
+	})
+
+	step(t, "the API server unreachable for 60 s: the period held, /healthz up, caught up after", func(t *testing.T) {
+		w.apiLink(false)
+		restored := false
+		defer func() {
+			if !restored {
+				w.apiLink(true)
+			}
+		}()
+		w.annotate(ctx, "4s") // seen only once the API server is back
+		end := time.Now().Add(60 * time.Second)
+		checks := 0
+		for time.Now().Before(end) {
+			code, body, err := w.agentGet(ctx, "/healthz")
+			if err != nil || code != 200 {
+				t.Fatalf("the agent's /healthz during the outage: %v %d %s", err, code, body)
+			}
+			checks++
+			time.Sleep(5 * time.Second)
+		}
+		if ok, why := w.holds(pid, 2*time.Second); !ok {
+			t.Errorf("during the outage kube-proxy's period changed: %s", why)
+		}
+		w.apiLink(true)
+		restored = true
+		w.eventually(90*time.Second, "the annotation set during the outage is applied", func() (bool, string) { return w.holds(pid, 4*time.Second) })
+		t.Logf("%d /healthz checks during the outage, all 200", checks)
+		w.annotate(ctx, "")
+		w.eventually(30*time.Second, "back at 2s", func() (bool, string) { return w.holds(pid, 2*time.Second) })
+	})
+
+	step(t, "a kube-proxy of another node's name is left alone", func(t *testing.T) {
+		w.apply(ctx, filepath.Join("testdata", "other-kube-proxy.yaml"), map[string]string{"IMAGE": kpImage.Name})
+		var other int
+		w.eventually(90*time.Second, "the other kube-proxy syncs its runners", func() (bool, string) {
+			if other = w.kubeProxyPID("elsewhere"); other == 0 {
+				return false, "not running"
+			}
+			p, err := w.inspect(other)
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(p.Runners) > 0, "no runner"
+		})
+		time.Sleep(10 * time.Second) // five rounds of the agent
+		if ok, why := w.holds(other, time.Second); !ok {
+			t.Errorf("the other node's kube-proxy: %s, want its own 1s", why)
+		}
+		if n := w.auditLines(other); n != 0 {
+			t.Errorf("the audit log has %d lines for the other node's kube-proxy", n)
+		}
+		if _, ok := w.agentPeriod(ctx, other); ok {
+			t.Errorf("the agent reports a period for the other node's kube-proxy")
+		}
+		must(t, w.c.Client.CoreV1().Pods("kube-system").Delete(ctx, "kube-proxy-elsewhere", metav1.DeleteOptions{}))
+	})
+
+	step(t, "helm uninstall with resetOnExit restores the started period", func(t *testing.T) {
+		w.helm(ctx, "uninstall", "kptune", "--namespace", "kptune", "--wait")
+		w.eventually(60*time.Second, "kube-proxy back at its own 1s", func() (bool, string) { return w.holds(pid, time.Second) })
+		w.eventually(60*time.Second, "the agent's pod is gone", func() (bool, string) {
+			p, _ := w.agentPod(ctx, "kptune")
+			return p == nil, "still there"
+		})
+	})
+
+	step(t, "without SYS_PTRACE: the agent says so and writes nothing", func(t *testing.T) {
+		before := w.auditLines(0)
+		w.helm(ctx, append(install[:len(install):len(install)], "--set-json", "capabilities=[]")...)
+		w.eventually(60*time.Second, "a Warning Event MissingCapability naming CAP_SYS_PTRACE", func() (bool, string) {
+			for _, e := range w.events(ctx, "MissingCapability") {
+				if strings.Contains(e.Message, "CAP_SYS_PTRACE") {
+					return true, ""
+				}
+			}
+			return false, "none"
+		})
+		w.eventually(30*time.Second, "the agent's log names CAP_SYS_PTRACE", func() (bool, string) {
+			return strings.Contains(w.agentLog(), "CAP_SYS_PTRACE"), "not in the log yet"
+		})
+		time.Sleep(6 * time.Second) // three rounds of a working agent
+		if p, ready := w.agentPod(ctx, "kptune"); p == nil || ready {
+			t.Errorf("the agent without SYS_PTRACE: pod %v, Ready %v; want a pod that is not Ready", p != nil, ready)
+		}
+		if ok, why := w.holds(pid, time.Second); !ok {
+			t.Errorf("kube-proxy: %s, want its own 1s untouched", why)
+		}
+		if after := w.auditLines(0); after != before {
+			t.Errorf("the audit log grew from %d to %d lines", before, after)
+		}
+		if ok, why := alive(pid); !ok {
+			t.Errorf("kube-proxy: %s", why)
+		}
+		w.helm(ctx, "uninstall", "kptune", "--namespace", "kptune", "--wait")
+	})
+}
+
+// step runs one step of the test; a failed step ends the test, since the next ones build on it.
+func step(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		t.FailNow()
+	}
+}
+
+// waitKubeProxy waits for a kube-proxy process of the node other than old, and its first sync.
+func (w *world) waitKubeProxy(ctx context.Context, old int, timeout time.Duration) (pid int, firstSync time.Time) {
+	w.t.Helper()
+	w.eventually(timeout, "a new kube-proxy runs and syncs", func() (bool, string) {
+		if pid = w.kubeProxyPID(w.nd.Name); pid == 0 || pid == old {
+			return false, "no new kube-proxy process in the node's pods"
 		}
 		s, err := w.kubeProxyMetrics(ctx)
 		if err != nil {
@@ -413,5 +622,77 @@ func TestE2E(t *testing.T) {
 		}
 		return s.Syncs() > 0, "no sync yet"
 	})
-	t.Logf("kube-proxy pid %d: %s", pid, w.periods(pid))
+	return pid, time.Now()
+}
+
+// annotate sets (or, with "", removes) the Node's kptune.io/min-sync-period.
+func (w *world) annotate(ctx context.Context, v string) {
+	w.t.Helper()
+	patch := `{"metadata":{"annotations":{"kptune.io/min-sync-period":null}}}`
+	if v != "" {
+		patch = `{"metadata":{"annotations":{"kptune.io/min-sync-period":"` + v + `"}}}`
+	}
+	if _, err := w.c.Client.CoreV1().Nodes().Patch(ctx, w.nd.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) deleteKubeProxyPod(ctx context.Context) {
+	w.t.Helper()
+	pods, err := w.c.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-proxy"})
+	must(w.t, err)
+	if len(pods.Items) != 1 {
+		w.t.Fatalf("%d kube-proxy pods, want 1", len(pods.Items))
+	}
+	must(w.t, w.c.Client.CoreV1().Pods("kube-system").Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}))
+}
+
+// stateFiles lists a subdirectory of the agent's state directory.
+func (w *world) stateFiles(sub string) []string {
+	ents, _ := os.ReadDir(filepath.Join(w.stateDir, sub))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// auditLines counts the lines of the agent's audit log about pid (0: all).
+func (w *world) auditLines(pid int) int {
+	b, _ := os.ReadFile(filepath.Join(w.stateDir, "audit.log"))
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if line != "" && (pid == 0 || strings.Contains(line, fmt.Sprintf(`"pid":%d,`, pid))) {
+			n++
+		}
+	}
+	return n
+}
+
+// agentLog is the log of the agent's container, as the kubelet keeps it on the node.
+func (w *world) agentLog() string {
+	files, _ := filepath.Glob(filepath.Join(w.nd.Dir, "pod-logs", "kptune_*", "agent", "*.log"))
+	var all []byte
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		all = append(all, b...)
+	}
+	return string(all)
+}
+
+// apiLink cuts (or restores) the node's link to the control plane: the API server is unreachable
+// from the node, and the node's processes keep running.
+func (w *world) apiLink(up bool) {
+	w.t.Helper()
+	state := "down"
+	if up {
+		state = "up"
+	}
+	if out, err := exec.Command("ip", "-n", w.nd.NS, "link", "set", "eth0", state).CombinedOutput(); err != nil {
+		w.t.Fatalf("ip link set eth0 %s: %v: %s", state, err, out)
+	}
+	if up {
+		// The default route went with the link.
+		_ = exec.Command("ip", "-n", w.nd.NS, "route", "replace", "default", "via", strings.TrimSuffix(w.nd.IP, ".2")+".1").Run()
+	}
 }

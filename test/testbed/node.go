@@ -141,11 +141,21 @@ func (c *Cluster) StartNode(ctx context.Context) (*Node, error) {
 	}
 
 	write := func(name, text string) error { return os.WriteFile(filepath.Join(nd.Dir, name), []byte(text), 0o600) }
-	if err := write("cni/10-testbed.conflist", `{"cniVersion": "0.4.0", "name": "testbed", "plugins": [{"type": "loopback"}]}`+"\n"); err != nil {
+	// Pods that are not hostNetwork get an address of 10.252.N.0/24 on a veth pair to the node's
+	// namespace, which forwards and masquerades their traffic.
+	if err := write("cni/10-testbed.conflist", fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "testbed", "plugins": [{"type": "ptp", "ipMasq": true,
+  "ipam": {"type": "host-local", "subnet": "10.252.%d.0/24", "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}}]}
+`, n, filepath.Join(nd.Dir, "cni-ipam"))); err != nil {
 		return nil, err
 	}
+	if err := netns.ForName(ns).Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		return nil, fmt.Errorf("enable forwarding in %s: %w", ns, err)
+	}
 	// restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so runc cannot lower a container's
-	// oom_score_adj and dies without it.
+	// oom_score_adj and dies without it. Pods' network namespaces are mounted under containerd's
+	// state directory, so that the test bed's cleanup finds them.
 	if err := write("containerd.toml", fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q
@@ -159,6 +169,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %[6]q
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -193,6 +204,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	if err := c.pki.kubeconfig(kubeconfig, "https://"+APIAddress+":6443", nd.Name); err != nil {
 		return nil, err
 	}
+	// A container that keeps exiting is restarted after 1 s, not after up to 5 minutes, so that a
+	// test can restart one twenty times (KubeletCrashLoopBackOffMax, alpha in 1.34).
 	if err := write("kubelet.yaml", fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://%[1]s
@@ -217,6 +230,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
+featureGates: {KubeletCrashLoopBackOffMax: true}
+crashLoopBackOff: {maxContainerRestartPeriod: 1s}
 `, nd.Socket, nd.Cgroup, nd.IP, filepath.Join(nd.Dir, "pod-logs"))); err != nil {
 		return nil, err
 	}
