@@ -7,7 +7,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image fuzz soak bench-smoke bench-churn bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -69,6 +69,24 @@ soak: prebuild
 # Every fuzz target for FUZZTIME each (default 60s); the results go to bench/results/fuzz.txt.
 fuzz: prebuild
 	FUZZTIME=$${FUZZTIME:-60s} ./test/fuzz.sh | tee bench/results/fuzz.txt
+
+# kptune as users deploy it (test/e2e): a one-node cluster with a kubelet on containerd, kube-proxy as
+# kubeadm's DaemonSet and the agent installed by its Helm chart; then its faults. About 10 minutes
+# once built. The figures it measures go to bench/results/e2e.txt.
+e2e: prebuild
+	./test/setup.sh --e2e
+	./test/kubeproxy/build.sh v1.34.4 --cmd kubelet >/dev/null
+	for c in kube-controller-manager kube-scheduler; do ./test/kubeproxy/build.sh v1.37.2 --cmd $$c >/dev/null || exit 1; done
+	$(GO) test -count=1 -timeout 40m -tags e2e -run TestE2E -v ./test/e2e 2>&1 | tee bench/results/e2e.txt
+
+# The deployed agent beside kube-proxy at 5000 Services x 10 endpoints under 10 changes/s: helm install
+# to the first verified write, and the agent's CPU and memory read from its container's cgroup, five
+# fresh pods of each (about 35 minutes). KPTUNE_E2E_SCALE, _REPS, _WINDOW, _RATE narrow it.
+bench-e2e: prebuild
+	./test/setup.sh --e2e
+	./test/kubeproxy/build.sh v1.34.4 --cmd kubelet >/dev/null
+	for c in kube-controller-manager kube-scheduler; do ./test/kubeproxy/build.sh v1.37.2 --cmd $$c >/dev/null || exit 1; done
+	$(GO) test -count=1 -timeout 120m -tags e2e -run TestBenchDeploy -v ./test/e2e 2>&1 | tee bench/results/e2e-bench.txt
 
 # Only what needs neither root nor a kube-proxy build.
 test-unit:

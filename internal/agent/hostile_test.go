@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,4 +163,72 @@ func startExecing(t *testing.T, tags string, delay time.Duration) (string, int) 
 	}
 	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
 	return fake, sh.Process.Pid
+}
+
+// TestMissingCapability: an agent started without CAP_SYS_PTRACE (the chart's capability removed)
+// would find every kube-proxy unreadable and skip it without a word; it says which capability is
+// missing in its log and its /readyz, and does no work (its /healthz stays up, so that the kubelet
+// does not restart it in a loop).
+func TestMissingCapability(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root: the agent's privilege check")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("no setpriv (util-linux): cannot start a process without CAP_SYS_PTRACE")
+	}
+	bin, err := testbed.Kptune()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	logFile := filepath.Join(t.TempDir(), "agent.log")
+	logf, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--",
+		bin, "agent", "--listen", addr, "--state-dir", t.TempDir(), "--interval", "200ms")
+	cmd.Env = append(os.Environ(), "KUBERNETES_SERVICE_HOST=", "NODE_NAME=")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := get("/readyz")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "CAP_SYS_PTRACE") {
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logFile)
+			t.Fatalf("/readyz of an agent without CAP_SYS_PTRACE: %d %q; its log:\n%s", code, body, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // five rounds of a working agent
+	if code, body := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %q, want 200: the kubelet would restart it in a loop", code, body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, "\nkptune_last_reconcile_timestamp_seconds 0\n") {
+		t.Errorf("the agent without CAP_SYS_PTRACE ran a round: its /metrics:\n%s", body)
+	}
+	if b, _ := os.ReadFile(logFile); !strings.Contains(string(b), "CAP_SYS_PTRACE") {
+		t.Errorf("its log does not name CAP_SYS_PTRACE:\n%s", b)
+	}
 }

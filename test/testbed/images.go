@@ -99,6 +99,17 @@ func KubeProxyImage(ctx context.Context, kubeProxy, version string) (Image, erro
 		if err := copyFile(e, filepath.Join(root, e), 0o644); err != nil {
 			return Image{}, err
 		}
+		// Their own libraries too (the statistic match, which spreads a Service over its
+		// endpoints, needs libm).
+		libs, err := sharedLibraries(e)
+		if err != nil {
+			return Image{}, err
+		}
+		for _, lib := range libs {
+			if err := copyFile(lib, filepath.Join(root, lib), 0o755); err != nil {
+				return Image{}, err
+			}
+		}
 	}
 	for _, d := range []string{"run", "tmp", "var/lib/kube-proxy", "lib/modules"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
