@@ -77,7 +77,8 @@ e2e: prebuild
 	./test/setup.sh --e2e
 	./test/kubeproxy/build.sh v1.34.4 --cmd kubelet >/dev/null
 	for c in kube-controller-manager kube-scheduler; do ./test/kubeproxy/build.sh v1.37.2 --cmd $$c >/dev/null || exit 1; done
-	$(GO) test -count=1 -timeout 40m -tags e2e -run TestE2E -v ./test/e2e 2>&1 | tee bench/results/e2e.txt
+	{ echo "# make e2e at $$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%FT%TZ)"; \
+	  $(GO) test -count=1 -timeout 40m -tags e2e -run TestE2E -v ./test/e2e 2>&1; } | tee bench/results/e2e.txt
 
 # The deployed agent beside kube-proxy at 5000 Services x 10 endpoints under 10 changes/s: helm install
 # to the first verified write, and the agent's CPU and memory read from its container's cgroup, five
@@ -86,7 +87,8 @@ bench-e2e: prebuild
 	./test/setup.sh --e2e
 	./test/kubeproxy/build.sh v1.34.4 --cmd kubelet >/dev/null
 	for c in kube-controller-manager kube-scheduler; do ./test/kubeproxy/build.sh v1.37.2 --cmd $$c >/dev/null || exit 1; done
-	$(GO) test -count=1 -timeout 120m -tags e2e -run TestBenchDeploy -v ./test/e2e 2>&1 | tee bench/results/e2e-bench.txt
+	{ echo "# make bench-e2e at $$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%FT%TZ), KPTUNE_E2E_SCALE=$${KPTUNE_E2E_SCALE:-5000x10} KPTUNE_E2E_REPS=$${KPTUNE_E2E_REPS:-5} KPTUNE_E2E_WINDOW=$${KPTUNE_E2E_WINDOW:-90s} KPTUNE_E2E_RATE=$${KPTUNE_E2E_RATE:-10}"; \
+	  $(GO) test -count=1 -timeout 120m -tags e2e -run TestBenchDeploy -v ./test/e2e 2>&1; } | tee bench/results/e2e-bench.txt
 
 # Only what needs neither root nor a kube-proxy build.
 test-unit:

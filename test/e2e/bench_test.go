@@ -33,20 +33,11 @@ func TestBenchDeploy(t *testing.T) {
 	rate := float64(envInt(t, "KPTUNE_E2E_RATE", 10))
 	ctx := context.Background()
 	w := setUp(t)
-	kpBin, err := testbed.Build{Version: KubeProxyBuild}.KubeProxy(ctx)
-	must(t, err)
-	kpImage, err := testbed.KubeProxyImage(ctx, kpBin, KubeProxyBuild)
-	must(t, err)
-	agentImage, err := testbed.KptuneImage(ctx)
-	must(t, err)
-	for _, img := range []testbed.Image{kpImage, agentImage} {
-		must(t, w.nd.Import(ctx, img))
-	}
 	start := time.Now()
 	must(t, w.c.Load(ctx, services, endpoints))
 	t.Logf("loaded %d Services × %d endpoints in %v", services, endpoints, time.Since(start).Round(time.Second))
 	w.apply(ctx, filepath.Join("testdata", "kube-proxy.yaml"), map[string]string{
-		"IMAGE": kpImage.Name, "SERVER": "https://" + testbed.APIAddress + ":6443", "MIN_SYNC_PERIOD": "1s"})
+		"IMAGE": w.kubeProxyImage, "SERVER": "https://" + testbed.APIAddress + ":6443", "MIN_SYNC_PERIOD": "1s"})
 	pid, _ := w.waitKubeProxy(ctx, 0, 5*time.Minute)
 	churn, err := w.c.Churn(ctx, testbed.ChurnOptions{Rate: rate, Services: services, Endpoints: endpoints})
 	must(t, err)

@@ -24,9 +24,7 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -51,8 +49,11 @@ type world struct {
 	kptune   string // kptune built for this machine, to inspect kube-proxy from the node
 	stateDir string // the agent's state directory on the node (the chart's hostPath)
 	chart    string
+	// kubeProxyImage is the image of KubeProxyBuild, imported into the node's containerd.
+	kubeProxyImage string
 }
 
+// setUp starts the cluster and its node and imports the images of kube-proxy and kptune.
 func setUp(t *testing.T) *world {
 	t.Helper()
 	ctx := context.Background()
@@ -78,6 +79,16 @@ func setUp(t *testing.T) *world {
 	if w.kptune, err = testbed.Kptune(); err != nil {
 		t.Fatal(err)
 	}
+	kpBin, err := testbed.Build{Version: KubeProxyBuild}.KubeProxy(ctx)
+	must(t, err)
+	kpImage, err := testbed.KubeProxyImage(ctx, kpBin, KubeProxyBuild)
+	must(t, err)
+	agentImage, err := testbed.KptuneImage(ctx)
+	must(t, err)
+	for _, img := range []testbed.Image{kpImage, agentImage} {
+		must(t, nd.Import(ctx, img))
+	}
+	w.kubeProxyImage = kpImage.Name
 	return w
 }
 
@@ -160,25 +171,15 @@ func (w *world) apply(ctx context.Context, file string, vars map[string]string) 
 		}
 		switch meta.Kind {
 		case "ServiceAccount":
-			var o corev1.ServiceAccount
-			must(w.t, yaml.UnmarshalStrict(doc, &o))
-			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			err = create(ctx, doc, cs.CoreV1().ServiceAccounts(ns(doc)))
 		case "ClusterRoleBinding":
-			var o rbacv1.ClusterRoleBinding
-			must(w.t, yaml.UnmarshalStrict(doc, &o))
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
+			err = create(ctx, doc, cs.RbacV1().ClusterRoleBindings())
 		case "ConfigMap":
-			var o corev1.ConfigMap
-			must(w.t, yaml.UnmarshalStrict(doc, &o))
-			_, err = cs.CoreV1().ConfigMaps(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			err = create(ctx, doc, cs.CoreV1().ConfigMaps(ns(doc)))
 		case "DaemonSet":
-			var o appsv1.DaemonSet
-			must(w.t, yaml.UnmarshalStrict(doc, &o))
-			_, err = cs.AppsV1().DaemonSets(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			err = create(ctx, doc, cs.AppsV1().DaemonSets(ns(doc)))
 		case "Pod":
-			var o corev1.Pod
-			must(w.t, yaml.UnmarshalStrict(doc, &o))
-			_, err = cs.CoreV1().Pods(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			err = create(ctx, doc, cs.CoreV1().Pods(ns(doc)))
 		default:
 			w.t.Fatalf("%s: no case for kind %s", file, meta.Kind)
 		}
@@ -186,6 +187,25 @@ func (w *world) apply(ctx context.Context, file string, vars map[string]string) 
 			w.t.Fatalf("%s: create %s: %v", file, meta.Kind, err)
 		}
 	}
+}
+
+// create decodes one object of a manifest (strictly: a misspelt field fails) and creates it.
+func create[T any](ctx context.Context, doc []byte, c interface {
+	Create(context.Context, *T, metav1.CreateOptions) (*T, error)
+}) error {
+	var o T
+	if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+		return err
+	}
+	_, err := c.Create(ctx, &o, metav1.CreateOptions{})
+	return err
+}
+
+// ns is the namespace a manifest's object names.
+func ns(doc []byte) string {
+	var m metav1.PartialObjectMetadata
+	_ = yaml.Unmarshal(doc, &m)
+	return m.Namespace
 }
 
 func must(t *testing.T, err error) {
@@ -399,20 +419,11 @@ func (w *world) figure(name string, v any) { w.t.Logf("figure %s %v", name, v) }
 func TestE2E(t *testing.T) {
 	ctx := context.Background()
 	w := setUp(t)
-	kpBin, err := testbed.Build{Version: KubeProxyBuild}.KubeProxy(ctx)
-	must(t, err)
-	kpImage, err := testbed.KubeProxyImage(ctx, kpBin, KubeProxyBuild)
-	must(t, err)
-	agentImage, err := testbed.KptuneImage(ctx)
-	must(t, err)
-	for _, img := range []testbed.Image{kpImage, agentImage} {
-		must(t, w.nd.Import(ctx, img))
-	}
 
 	// Services of three endpoints each: kube-proxy spreads them with iptables' statistic match.
 	must(t, w.c.Load(ctx, 50, 3))
 	w.apply(ctx, filepath.Join("testdata", "kube-proxy.yaml"), map[string]string{
-		"IMAGE": kpImage.Name, "SERVER": "https://" + testbed.APIAddress + ":6443", "MIN_SYNC_PERIOD": "1s"})
+		"IMAGE": w.kubeProxyImage, "SERVER": "https://" + testbed.APIAddress + ":6443", "MIN_SYNC_PERIOD": "1s"})
 	pid, firstSync := w.waitKubeProxy(ctx, 0, 2*time.Minute)
 	t.Logf("kube-proxy pid %d: %s", pid, w.periods(pid))
 
@@ -553,7 +564,7 @@ func TestE2E(t *testing.T) {
 	})
 
 	step(t, "a kube-proxy of another node's name is left alone", func(t *testing.T) {
-		w.apply(ctx, filepath.Join("testdata", "other-kube-proxy.yaml"), map[string]string{"IMAGE": kpImage.Name})
+		w.apply(ctx, filepath.Join("testdata", "other-kube-proxy.yaml"), map[string]string{"IMAGE": w.kubeProxyImage})
 		var other int
 		w.eventually(90*time.Second, "the other kube-proxy syncs its runners", func() (bool, string) {
 			if other = w.kubeProxyPID("elsewhere"); other == 0 {

@@ -72,17 +72,8 @@ func KubeProxyImage(ctx context.Context, kubeProxy, version string) (Image, erro
 		return Image{}, fmt.Errorf("no nft: run test/setup.sh (Debian's nftables package)")
 	}
 	for _, bin := range []string{multi, nft} {
-		if err := copyFile(bin, filepath.Join(root, "usr/sbin", filepath.Base(bin)), 0o755); err != nil {
+		if err := copyWithLibraries(root, bin, filepath.Join("usr/sbin", filepath.Base(bin)), 0o755); err != nil {
 			return Image{}, err
-		}
-		libs, err := sharedLibraries(bin)
-		if err != nil {
-			return Image{}, err
-		}
-		for _, lib := range libs {
-			if err := copyFile(lib, filepath.Join(root, lib), 0o755); err != nil {
-				return Image{}, err
-			}
 		}
 	}
 	for _, name := range []string{"iptables", "iptables-save", "iptables-restore"} {
@@ -96,19 +87,10 @@ func KubeProxyImage(ctx context.Context, kubeProxy, version string) (Image, erro
 		return Image{}, fmt.Errorf("no iptables extensions under /usr/lib/*-linux-gnu/xtables: reinstall Debian's iptables package")
 	}
 	for _, e := range exts {
-		if err := copyFile(e, filepath.Join(root, e), 0o644); err != nil {
+		// With their own libraries too: the statistic match, which spreads a Service over its
+		// endpoints, needs libm.
+		if err := copyWithLibraries(root, e, e, 0o644); err != nil {
 			return Image{}, err
-		}
-		// Their own libraries too (the statistic match, which spreads a Service over its
-		// endpoints, needs libm).
-		libs, err := sharedLibraries(e)
-		if err != nil {
-			return Image{}, err
-		}
-		for _, lib := range libs {
-			if err := copyFile(lib, filepath.Join(root, lib), 0o755); err != nil {
-				return Image{}, err
-			}
 		}
 	}
 	for _, d := range []string{"run", "tmp", "var/lib/kube-proxy", "lib/modules"} {
@@ -132,6 +114,23 @@ func KptuneImage(ctx context.Context) (Image, error) {
 		return Image{}, fmt.Errorf("make image wrote no %s: %w", archive, err)
 	}
 	return Image{Name: "localhost/kptune:latest", Archive: archive}, nil
+}
+
+// copyWithLibraries copies file to dst under root, and the shared libraries it loads to their paths.
+func copyWithLibraries(root, file, dst string, mode os.FileMode) error {
+	if err := copyFile(file, filepath.Join(root, dst), mode); err != nil {
+		return err
+	}
+	libs, err := sharedLibraries(file)
+	if err != nil {
+		return err
+	}
+	for _, lib := range libs {
+		if err := copyFile(lib, filepath.Join(root, lib), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var libRE = regexp.MustCompile(`(?m)(?:=> )?(/\S+\.so[.\d]*) \(0x`)
