@@ -302,6 +302,8 @@ func (a *Agent) discover() {
 				return
 			case !a.serves(p):
 				bin.Close()
+				node, _ := kpmetrics.FlagValue(p.Cmdline, "--hostname-override")
+				a.log.Info("kube-proxy of another node: left alone", "pid", p.PID, "node", node)
 				return
 			}
 			delete(a.other, k)

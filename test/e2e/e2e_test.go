@@ -586,6 +586,9 @@ func TestE2E(t *testing.T) {
 		if _, ok := w.agentPeriod(ctx, other); ok {
 			t.Errorf("the agent reports a period for the other node's kube-proxy")
 		}
+		if !strings.Contains(w.agentLog(), `"msg":"kube-proxy of another node: left alone","pid":`+strconv.Itoa(other)+`,"node":"elsewhere"`) {
+			t.Errorf("the agent's log does not say it left pid %d (node elsewhere) alone", other)
+		}
 		must(t, w.c.Client.CoreV1().Pods("kube-system").Delete(ctx, "kube-proxy-elsewhere", metav1.DeleteOptions{}))
 	})
 

@@ -35,7 +35,7 @@ func TestBuildScriptRejectsBadInput(t *testing.T) {
 	}{
 		{[]string{"1.33"}, "not of the form v1.MINOR.PATCH"},
 		{[]string{"v1.99.0"}, "does not serve k8s.io/kubernetes@v1.99.0"},
-		{[]string{"v1.33.5", "--cmd", "kubelet"}, "only kube-proxy and kube-apiserver"},
+		{[]string{"v1.33.5", "--cmd", "kubectl"}, "one of kube-proxy, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet"},
 		{[]string{"v1.33.5", "--fixture", "nope"}, "no fixture nope"},
 		{[]string{"v1.33.5", "--go", "go-nonsense"}, "give a toolchain name"},
 		{[]string{"v1.33.5", "--bogus"}, "unknown flag --bogus"},
