@@ -1,0 +1,165 @@
+// Package docs holds kptune's documentation beside the README; its test checks that every headline
+// figure of the README (and of the bench report's tables it repeats) is the one the committed
+// results file gives, so that a new run that changes a figure, or an edit of the README, cannot
+// leave the two disagreeing.
+package docs
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func read(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// expect fails unless doc holds want, naming the figure and its source.
+func expect(t *testing.T, doc, docName, want, what string) {
+	t.Helper()
+	if !strings.Contains(doc, want) {
+		t.Errorf("%s: %s should read %q (from its results file)", docName, what, want)
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// e2eSummary reads the summary table TestBenchDeploy ends with: name → median, min, max.
+func e2eSummary(t *testing.T, text string) map[string][3]float64 {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)bench_test\.go:\d+: (\w+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+\d+$`)
+	out := map[string][3]float64{}
+	for _, m := range re.FindAllStringSubmatch(text, -1) {
+		var v [3]float64
+		for i := range v {
+			f, err := strconv.ParseFloat(m[2+i], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v[i] = f
+		}
+		out[m[1]] = v
+	}
+	if len(out) == 0 {
+		t.Fatal("bench/results/e2e-bench.txt holds no summary table")
+	}
+	return out
+}
+
+func TestREADMEFiguresMatchResults(t *testing.T) {
+	readme := read(t, "README.md")
+	bench := read(t, "bench/README.md")
+
+	// Restart against live retune.
+	var trans []struct {
+		How, Mode                              string
+		ApplySeconds, GapSeconds, ProbeSeconds float64
+		Services, Endpoints                    int
+	}
+	if err := json.Unmarshal([]byte(read(t, "bench/results/churn/5000x10/transitions.json")), &trans); err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, tr := range trans {
+		if tr.Mode != "iptables" {
+			continue
+		}
+		switch tr.How {
+		case "restart":
+			found++
+			expect(t, readme, "README", fmt.Sprintf("| restart with the new flag | %.1f s (its first full sync) | %.1f s | %.1f s |",
+				tr.ApplySeconds, tr.GapSeconds, tr.ProbeSeconds), "the restart row")
+		case "kptune set":
+			found++
+			expect(t, readme, "README", fmt.Sprintf("| `kptune set` | %.2f s (the command, locate included) | %.1f s (an ordinary gap) | %.1f s |",
+				tr.ApplySeconds, tr.GapSeconds, tr.ProbeSeconds), "the kptune set row")
+		}
+	}
+	if found != 2 {
+		t.Errorf("transitions.json: %d iptables transitions, want a restart and a kptune set", found)
+	}
+
+	// The deployed agent.
+	e := e2eSummary(t, read(t, "bench/results/e2e-bench.txt"))
+	f := func(name string) [3]float64 {
+		v, ok := e[name]
+		if !ok {
+			t.Fatalf("e2e-bench.txt has no %s", name)
+		}
+		return v
+	}
+	w, n := f("install_to_verified_write_s"), f("new_kube_proxy_first_sync_to_verified_write_s")
+	expect(t, readme, "README", fmt.Sprintf("| %.1f s (%.1f – %.1f s) |", w[0], w[1], w[2]), "helm install → verified")
+	expect(t, readme, "README", fmt.Sprintf("| %.2f s (%.2f – %.2f s) |", n[0], n[1], n[2]), "first sync → verified")
+	sc, ac := f("static_agent_cpu_percent"), f("adaptive_agent_cpu_percent")
+	expect(t, readme, "README", fmt.Sprintf("| %.2f %% / %.2f %% of a core |", sc[0], ac[0]), "agent CPU")
+	rss, peak := f("static_agent_rss_mib"), f("static_agent_peak_rss_mib")
+	expect(t, readme, "README", fmt.Sprintf("| %.0f MiB / %.0f MiB |", rss[0], peak[0]), "agent RSS")
+	ready := f("install_to_ready_s")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| helm install → agent pod Ready | %.1f s | %.1f – %.1f s |", ready[0], ready[1], ready[2]), "install → Ready")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| %.1f s | %.1f – %.1f s |", w[0], w[1], w[2]), "install → verified")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| agent CPU, static policy | %.2f %% of a core | %.2f – %.2f %% |", sc[0], sc[1], sc[2]), "agent CPU, static")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| agent CPU, adaptive policy | %.2f %% of a core | %.2f – %.2f %% |", ac[0], ac[1], ac[2]), "agent CPU, adaptive")
+
+	// The e2e's restart loop.
+	m := regexp.MustCompile(`figure restart_loop_first_sync_to_verified_write_s median ([\d.]+) min [\d.]+ max ([\d.]+) n 20`).
+		FindStringSubmatch(read(t, "bench/results/e2e.txt"))
+	if m == nil {
+		t.Fatal("bench/results/e2e.txt has no restart-loop figure")
+	}
+	med, _ := strconv.ParseFloat(m[1], 64)
+	expect(t, readme, "README", fmt.Sprintf("at most\n  %s s after it over 20 container restarts (median %.1f s)", m[2], med), "the restart loop")
+
+	// The stop: medians of the five idle runs' p50 and p99.
+	stop := read(t, "bench/results/stop.txt")
+	idle, _, _ := strings.Cut(stop, "# loaded")
+	re := regexp.MustCompile(`([\d.]+) default-p50-µs\s+([\d.]+) default-p99-µs`)
+	var p50, p99 []float64
+	for _, m := range re.FindAllStringSubmatch(idle, -1) {
+		a, _ := strconv.ParseFloat(m[1], 64)
+		b, _ := strconv.ParseFloat(m[2], 64)
+		p50, p99 = append(p50, a), append(p99, b)
+	}
+	if len(p50) != 5 {
+		t.Fatalf("stop.txt: %d idle runs, want 5", len(p50))
+	}
+	expect(t, readme, "README", fmt.Sprintf("| %.0f µs / %.1f ms |", median(p50), median(p99)/1000), "the stop")
+
+	// kube-proxy's CPU in steady churn: the median of a result's windows.
+	cores := func(file string) float64 {
+		var r struct{ Windows []struct{ CPUCores float64 } }
+		if err := json.Unmarshal([]byte(read(t, "bench/results/churn/5000x10/"+file)), &r); err != nil {
+			t.Fatal(err)
+		}
+		var xs []float64
+		for _, w := range r.Windows {
+			xs = append(xs, w.CPUCores)
+		}
+		if len(xs) == 0 {
+			t.Fatalf("%s: no window", file)
+		}
+		return median(xs)
+	}
+	for _, mode := range []string{"iptables", "nftables"} {
+		want := fmt.Sprintf("| %.3f / %.3f cores |", cores(mode+"-static-1s-steady-10.json"), cores(mode+"-adaptive-steady-10.json"))
+		expect(t, readme, "README", want, mode+" steady churn CPU")
+	}
+}
