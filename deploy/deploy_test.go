@@ -117,9 +117,7 @@ func checkWorkload(t *testing.T, objs []*unstructured.Unstructured, flags string
 // kube-apiserver (server-side apply: its validation and admission accept every object) and checks
 // that the agent would accept their configuration and flags.
 func TestManifests(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test bed's network namespaces")
-	}
+	testbed.NeedRoot(t, "the test bed's network namespaces")
 	ctx := context.Background()
 	c, _ := testbed.Start(t, 0, 0)
 	dc, err := discovery.NewDiscoveryClientForConfig(c.Config)
@@ -232,9 +230,7 @@ func TestDashboard(t *testing.T) {
 // static binary alone (no ELF interpreter: FROM scratch has none), entrypoint /kptune agent, and
 // the binary runs from the image's root filesystem.
 func TestImage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: buildah's storage and chroot")
-	}
+	testbed.NeedRoot(t, "buildah's storage and chroot")
 	dir := t.TempDir()
 	bin := filepath.Join(testbed.RepoRoot(), "bin", "kptune-static")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/kptune")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"kptune/test/testbed"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,9 +54,7 @@ func runCmd(t *testing.T, cmd *exec.Cmd) (int, string, string) {
 // TestBadInput: each wrong target gets a one-line error naming the cause and what to do, a non-zero
 // exit, and no panic.
 func TestBadInput(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the cases read other processes")
-	}
+	testbed.NeedRoot(t, "the cases read other processes")
 	sleep := exec.Command("sleep", "60")
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)

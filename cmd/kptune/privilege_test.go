@@ -33,9 +33,7 @@ func asUser(t *testing.T, caps string, args ...string) (int, string, string) {
 // row. Each command works with its set, and without one of them fails with one line naming the
 // missing capability, changing nothing. The matrix is logged (README, "Reliability").
 func TestLeastPrivilege(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: to run kptune with chosen capabilities, and the test bed")
-	}
+	testbed.NeedRoot(t, "to run kptune with chosen capabilities, and the test bed")
 	ctx := context.Background()
 	c, kps := testbed.Start(t, 20, 3, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
 	kp := kps[0]

@@ -52,9 +52,7 @@ func TestConfig(t *testing.T) {
 // configuration file, records Events on the Node, serves its metrics and probes, and restores the
 // original period on SIGTERM with --reset-on-exit.
 func TestAgentOnTestBed(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, and the agent writes kube-proxy's memory")
-	}
+	testbed.NeedRoot(t, "network namespaces, and the agent writes kube-proxy's memory")
 	ctx := context.Background()
 	// The second kube-proxy is another node's, on the same machine: not the agent's to change.
 	c, kps := testbed.Start(t, 20, 3,
@@ -205,9 +203,7 @@ func TestAgentOnTestBed(t *testing.T) {
 // noise of CPU windows), and within budget where the budget can be met. Each decision is logged with
 // its inputs.
 func TestAdaptiveOnTestBed(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, and the agent writes kube-proxy's memory")
-	}
+	testbed.NeedRoot(t, "network namespaces, and the agent writes kube-proxy's memory")
 	ctx := context.Background()
 	const services = 150
 	c, kps := testbed.Start(t, services, 5, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})

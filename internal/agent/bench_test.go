@@ -19,9 +19,7 @@ import (
 // beside a real kube-proxy holding 200 Services under 10 changes a second; each iteration is a 10 s
 // window of its CPU (from /proc) and its resident memory. Targets: ≤ 0.5 % of a core, ≤ 40 MiB.
 func BenchmarkAgentCost(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: network namespaces, and the agent reads kube-proxy's memory")
-	}
+	testbed.NeedRoot(b, "network namespaces, and the agent reads kube-proxy's memory")
 	ctx := context.Background()
 	c, kps := testbed.Start(b, 200, 5, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"}, Mode: testbed.NFTables,
 		MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})

@@ -113,9 +113,7 @@ func TestLocateBackoff(t *testing.T) {
 // execs a kube-proxy keeps its PID and start time, and is examined again (it was cached as "not a
 // kube-proxy" by those two alone, and never looked at again).
 func TestDiscoveryFollowsExec(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: a kube-proxy runs as root, and the agent reads other processes' executables")
-	}
+	testbed.NeedRoot(t, "a kube-proxy runs as root, and the agent reads other processes' executables")
 	fake, pid := startExecing(t, testbed.FakeWithClientGo, time.Second)
 	a, err := New(Options{Config: DefaultConfig(), Log: quiet(), StateDir: t.TempDir()})
 	if err != nil {
@@ -170,9 +168,7 @@ func startExecing(t *testing.T, tags string, delay time.Duration) (string, int) 
 // missing in its log and its /readyz, and does no work (its /healthz stays up, so that the kubelet
 // does not restart it in a loop).
 func TestMissingCapability(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root: the agent's privilege check")
-	}
+	testbed.NeedRoot(t, "the agent's privilege check")
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("no setpriv (util-linux): cannot start a process without CAP_SYS_PTRACE")
 	}

@@ -25,9 +25,7 @@ import (
 // period; every fake is refused with its reason in the log and counted in
 // kptune_processes_refused_total; nothing panics.
 func TestHostileNode(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, other users' processes, and the agent writes kube-proxy's memory")
-	}
+	testbed.NeedRoot(t, "network namespaces, other users' processes, and the agent writes kube-proxy's memory")
 	duration := 5 * time.Minute
 	if v := os.Getenv("KPTUNE_HOSTILE_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)

@@ -39,9 +39,7 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: ptrace of another process needs CAP_SYS_PTRACE")
-	}
+	testbed.NeedRoot(t, "ptrace of another process needs CAP_SYS_PTRACE")
 }
 
 func startFixture(t *testing.T) *testbed.FixtureProcess {
@@ -257,9 +255,7 @@ func TestGone(t *testing.T) {
 // BenchmarkStop stops a fixture process (a real runner, about 7 threads) and reports the stop's
 // length. With KPTUNE_BENCH_LOAD=N, N busy loops keep the CPUs saturated meanwhile.
 func BenchmarkStop(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: ptrace of another process needs CAP_SYS_PTRACE")
-	}
+	testbed.NeedRoot(b, "ptrace of another process needs CAP_SYS_PTRACE")
 	ctx := context.Background()
 	bin, err := testbed.Build{Version: "v1.33.5"}.Fixture(ctx, testbed.AsyncRunner)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 // moduledata, type descriptors and (PIE) relocations, is analysed or refused with an error: no
 // panic, no allocation beyond what the file holds, no hang. Truncations of the real file are seeds too.
 func FuzzNew(f *testing.F) {
+	testbed.NeedBuilds(f)
 	var origs [2][]byte
 	for i, pie := range []bool{false, true} {
 		path, err := testbed.Build{Version: "v1.33.5", PIE: pie}.Fixture(context.Background(), testbed.AsyncRunner)

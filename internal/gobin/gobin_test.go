@@ -62,6 +62,7 @@ func open(t *testing.T, b testbed.Build, name string) *Binary {
 // cgo) and checks each against the unstripped build of the same source: the function addresses
 // from the pclntab against the ELF symbols, the struct layouts from type descriptors against DWARF.
 func TestStrippedBuilds(t *testing.T) {
+	testbed.NeedBuilds(t)
 	for _, fx := range fixtures {
 		t.Run(fx.build.String(), func(t *testing.T) {
 			bin := open(t, fx.build, fx.name)
@@ -149,6 +150,7 @@ func sameLayout(a, b Struct) bool {
 }
 
 func TestBadInput(t *testing.T) {
+	testbed.NeedBuilds(t)
 	good, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +186,7 @@ func TestBadInput(t *testing.T) {
 // offset near 2^64 is read without a panic (the offset plus a word wrapped, and the entry was
 // applied far outside the buffer), and the entry is not applied.
 func TestRelocationOffsetNear2to64(t *testing.T) {
+	testbed.NeedBuilds(t)
 	path, err := testbed.Build{Version: "v1.33.5", PIE: true}.Fixture(context.Background(), testbed.AsyncRunner)
 	if err != nil {
 		t.Fatal(err)

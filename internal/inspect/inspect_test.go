@@ -14,9 +14,7 @@ import (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: reading another process's memory needs CAP_SYS_PTRACE")
-	}
+	testbed.NeedRoot(t, "reading another process's memory needs CAP_SYS_PTRACE")
 }
 
 // TestLocateFixtures finds the one runner of each fixture process, of both generations and several
@@ -104,6 +102,7 @@ func TestPIDBadInput(t *testing.T) {
 // TestVersionFromStringVars finds the version injected with -X in stripped kube-proxy builds whose
 // build settings do not record -ldflags (-trimpath, as releases are built).
 func TestVersionFromStringVars(t *testing.T) {
+	testbed.NeedBuilds(t)
 	for _, b := range []testbed.Build{{Version: "v1.33.5"}, {Version: "v1.37.2"}} {
 		path, err := b.KubeProxy(context.Background())
 		if err != nil {

@@ -79,6 +79,7 @@ func (r *recorder) ReadAt(p []byte, addr uint64) error {
 // image. The seed is what validating a live async runner (k8s 1.33.5, the fixture) actually read: the
 // runner, its run channel, its limiter's itab, token bucket and rate.Limiter, and its name.
 func FuzzValidate(f *testing.F) {
+	testbed.NeedBuilds(f)
 	ctx := context.Background()
 	path, err := testbed.Build{Version: "v1.33.5"}.Fixture(ctx, testbed.AsyncRunner)
 	if err != nil {
@@ -134,6 +135,7 @@ func FuzzValidate(f *testing.F) {
 // the scan and the validator over any memory image neither panic nor allocate what it claims, and
 // what they return validates again.
 func FuzzLayout(f *testing.F) {
+	testbed.NeedBuilds(f)
 	path, err := testbed.Build{Version: "v1.33.5"}.Fixture(context.Background(), testbed.AsyncRunner)
 	if err != nil {
 		f.Fatal(err)

@@ -11,6 +11,7 @@ import (
 // TestLayoutSourcesAgree checks, on fixtures of both generations, that the layout read from type
 // descriptors equals the built-in table and, on unstripped builds, the layout read from DWARF.
 func TestLayoutSourcesAgree(t *testing.T) {
+	testbed.NeedBuilds(t)
 	for _, tc := range []struct {
 		build   testbed.Build
 		fixture string

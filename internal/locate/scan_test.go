@@ -25,6 +25,7 @@ func (e *exiting) ReadAt(p []byte, addr uint64) error {
 // TestScanStopsWhenTheProcessExits: a process that exits mid-scan ends the scan with an error
 // that says so, instead of a result read from half a process.
 func TestScanStopsWhenTheProcessExits(t *testing.T) {
+	testbed.NeedBuilds(t)
 	b, l := openFixture(t, testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner)
 	maps := []procfs.Mapping{{Start: 0xc000000000, End: 0xc000400000, Perms: "rw-p"}}
 	found, err := Scan(context.Background(), Target{Mem: &exiting{reads: 2}, Maps: maps, Binary: b, Layout: l})

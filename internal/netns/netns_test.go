@@ -14,6 +14,9 @@ import (
 // TestDialReachesOnlyTheNamespace listens on 127.0.0.1 inside a fresh namespace and checks that the
 // Dialer reaches it there while a plain dial from this namespace does not.
 func TestDialReachesOnlyTheNamespace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs root (creating a network namespace); make test runs it")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creating a network namespace needs CAP_SYS_ADMIN")
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +17,7 @@ import (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: writing another process's memory needs CAP_SYS_PTRACE")
-	}
+	testbed.NeedRoot(t, "writing another process's memory needs CAP_SYS_PTRACE")
 }
 
 type live struct {

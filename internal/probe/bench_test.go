@@ -1,6 +1,7 @@
 package probe_test
 
 import (
+	"kptune/test/testbed"
 	"os"
 	"testing"
 	"unsafe"
@@ -19,9 +20,7 @@ func (r *receiver) probed() { r.n++ }
 // kernel, the program, and the return), side by side. Every attached call must be recorded, with the
 // receiver's address.
 func BenchmarkProbeHit(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: loading BPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON")
-	}
+	testbed.NeedRoot(b, "loading BPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON")
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)

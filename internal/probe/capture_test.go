@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +17,7 @@ import (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loading BPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON")
-	}
+	testbed.NeedRoot(t, "loading BPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON")
 }
 
 func startFixture(t *testing.T, b testbed.Build, rate float64) (*testbed.FixtureProcess, locate.Target) {

@@ -21,6 +21,7 @@ import (
 // TestPoints finds the probed functions of real kube-proxy builds of both generations and of a PIE
 // build, and checks that each file offset holds the function's first bytes.
 func TestPoints(t *testing.T) {
+	testbed.NeedBuilds(t)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		build   testbed.Build

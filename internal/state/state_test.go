@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"kptune/test/testbed"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -124,9 +125,7 @@ func TestCleanRemovesLocks(t *testing.T) {
 // the records reset writes back); a symbolic link planted at a record's or the lock's name is not
 // followed; a record is written under a fresh name and renamed.
 func TestUnsafeStateDirectory(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: directories owned by another user")
-	}
+	testbed.NeedRoot(t, "directories owned by another user")
 	rec := &Record{PID: 999999998, StartTime: 1, BuildID: "b", Runners: map[string]Original{"0x10": {MinInterval: time.Second, MaxInterval: time.Hour, Burst: 2}}}
 	for _, c := range []struct {
 		name  string

@@ -29,9 +29,7 @@ import (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, iptables and ptrace")
-	}
+	testbed.NeedRoot(t, "network namespaces, iptables and ptrace")
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -70,9 +70,7 @@ func TestMain(m *testing.M) {
 
 func get(b *testing.B) *bed {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: network namespaces, iptables and ptrace")
-	}
+	testbed.NeedRoot(b, "network namespaces, iptables and ptrace")
 	once.Do(func() { shared, setup = newBed() })
 	if setup != nil {
 		b.Fatal(setup)

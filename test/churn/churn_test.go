@@ -232,9 +232,7 @@ func churnEnv() []string {
 }
 
 func needRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, iptables and ptrace")
-	}
+	testbed.NeedRoot(t, "network namespaces, iptables and ptrace")
 }
 
 func env(name, def string) string {

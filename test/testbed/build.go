@@ -90,6 +90,9 @@ func ControlPlane(ctx context.Context) (etcd, apiserver string, err error) {
 // runScript runs a build script of the repository, passing its progress to stderr, and returns the
 // paths it printed.
 func runScript(ctx context.Context, script string, args ...string) ([]string, error) {
+	if short() {
+		return nil, fmt.Errorf("%s %s: %w", script, strings.Join(args, " "), ErrShort)
+	}
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, filepath.Join(RepoRoot(), script), args...)
 	cmd.Stdout = &out
@@ -136,6 +139,9 @@ var kptune struct {
 // test processes of a run share one copy of each build rather than each leaving its own behind.
 // Builds, and unfinished builds' directories, older than a day are removed.
 func Kptune() (string, error) {
+	if short() {
+		return "", fmt.Errorf("build kptune: %w", ErrShort)
+	}
 	kptune.once.Do(func() { kptune.path, kptune.err = buildKptune() })
 	return kptune.path, kptune.err
 }

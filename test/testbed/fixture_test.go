@@ -10,6 +10,7 @@ import (
 // generation does: the old one by a token bucket (burst 2, then one run a period), the new one by a
 // gap of at least minInterval after each run.
 func TestFixturesHoldRealRunners(t *testing.T) {
+	NeedBuilds(t)
 	ctx := context.Background()
 	const period = 400 * time.Millisecond
 	for _, tc := range []struct {

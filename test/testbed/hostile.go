@@ -35,6 +35,9 @@ var hostile = struct {
 // Hostile builds (once per process) the fake kube-proxy with the given build tags and returns its
 // path, a file named kube-proxy that anyone may run (tests run it as other users too).
 func Hostile(tags string) (string, error) {
+	if short() {
+		return "", fmt.Errorf("build the hostile kube-proxy: %w", ErrShort)
+	}
 	hostile.mu.Lock()
 	defer hostile.mu.Unlock()
 	if p, ok := hostile.paths[tags]; ok {

@@ -18,9 +18,7 @@ var (
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, iptables and nftables")
-	}
+	NeedRoot(t, "network namespaces, iptables and nftables")
 	for _, tool := range []string{"ip", "iptables-save", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s: run test/setup.sh", tool)
@@ -29,6 +27,7 @@ func needRoot(t *testing.T) {
 }
 
 func TestBuildScriptRejectsBadInput(t *testing.T) {
+	NeedBuilds(t)
 	for _, tc := range []struct {
 		args []string
 		want string

@@ -11,9 +11,7 @@ import (
 // TestXTJumps loads a nat table with iptables-legacy-restore into a namespace of its own and reads
 // the jumps back from the kernel: the ones the rules make, and none they do not.
 func TestXTJumps(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and raw sockets need CAP_SYS_ADMIN and CAP_NET_RAW")
-	}
+	NeedRoot(t, "network namespaces and raw sockets need CAP_SYS_ADMIN and CAP_NET_RAW")
 	if _, err := exec.LookPath("iptables-legacy-restore"); err != nil {
 		t.Skip("iptables-legacy-restore is not installed: run ./test/setup.sh")
 	}
