@@ -1,13 +1,14 @@
 package main
 
 import (
-	"kptune/test/testbed"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"kptune/test/testbed"
 )
 
 var kptune string
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	kptune = filepath.Join(dir, "kptune")
-	if out, err := exec.Command("go", "build", "-o", kptune, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", kptune, ".").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
 	os.Chmod(dir, 0o755)

@@ -1,13 +1,13 @@
 package probe_test
 
 import (
-	"kptune/test/testbed"
 	"os"
 	"testing"
 	"unsafe"
 
 	"kptune/internal/gobin"
 	"kptune/internal/probe"
+	"kptune/test/testbed"
 )
 
 type receiver struct{ n int }

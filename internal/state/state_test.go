@@ -2,7 +2,6 @@ package state
 
 import (
 	"errors"
-	"kptune/test/testbed"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"kptune/internal/procfs"
+	"kptune/test/testbed"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
