@@ -81,7 +81,7 @@ func setUp(t *testing.T) *world {
 	}
 	kpBin, err := testbed.Build{Version: KubeProxyBuild}.KubeProxy(ctx)
 	must(t, err)
-	kpImage, err := testbed.KubeProxyImage(ctx, kpBin, KubeProxyBuild)
+	kpImage, err := testbed.KubeProxyImage(ctx, kpBin)
 	must(t, err)
 	agentImage, err := testbed.KptuneImage(ctx)
 	must(t, err)
@@ -481,14 +481,13 @@ func TestE2E(t *testing.T) {
 		old := pid
 		w.deleteKubeProxyPod(ctx)
 		pid, firstSync = w.waitKubeProxy(ctx, old, 2*time.Minute)
-		d := w.eventually(30*time.Second, "the new kube-proxy holds 3s", func() (bool, string) { return w.holds(pid, 3*time.Second) })
+		w.eventually(30*time.Second, "the new kube-proxy holds 3s", func() (bool, string) { return w.holds(pid, 3*time.Second) })
 		since := time.Since(firstSync)
 		w.figure("new_pod_first_sync_to_verified_write_s", since.Seconds())
 		t.Logf("new kube-proxy pid %d (was %d): 3s verified %v after its first sync", pid, old, since.Round(time.Millisecond))
 		if since > 10*time.Second {
 			t.Errorf("the new kube-proxy was set %v after its first sync, want ≤ 10 s", since)
 		}
-		_ = d
 	})
 
 	step(t, "helm upgrade to the adaptive policy and back", func(t *testing.T) {

@@ -53,7 +53,7 @@ func PauseImage(ctx context.Context) (Image, error) {
 // libraries from this machine: what kubeadm's DaemonSet runs, registry.k8s.io/kube-proxy, is not
 // reachable. It holds no ip6tables, so kube-proxy runs IPv4 only in iptables mode, as the test bed's
 // single-stack kube-proxies do.
-func KubeProxyImage(ctx context.Context, kubeProxy, version string) (Image, error) {
+func KubeProxyImage(ctx context.Context, kubeProxy string) (Image, error) {
 	dir, err := os.MkdirTemp("", "kptune-kube-proxy-image-")
 	if err != nil {
 		return Image{}, err

@@ -291,12 +291,6 @@ func (nd *Node) Import(ctx context.Context, img Image) error {
 // Dialer opens sockets in the node's network namespace, where its hostNetwork pods listen.
 func (nd *Node) Dialer() netns.Dialer { return netns.ForName(nd.NS) }
 
-// KubeletLog is the path of the kubelet's log.
-func (nd *Node) KubeletLog() string { return nd.kubelet.log }
-
-// Running reports whether containerd and the kubelet both run.
-func (nd *Node) Running() bool { return !nd.containerd.exited() && !nd.kubelet.exited() }
-
 // CgroupPath is the node's cgroup in one v1 hierarchy (cpuacct, memory, ...): its pods' cgroups
 // are below it.
 func (nd *Node) CgroupPath(hierarchy string) string {
