@@ -82,6 +82,7 @@ type key struct {
 
 // managed is one kube-proxy.
 type managed struct {
+	key        key
 	proc       procfs.Process
 	bin        *gobin.Binary
 	target     locate.Target
@@ -307,7 +308,7 @@ func (a *Agent) discover() {
 				return
 			}
 			delete(a.other, k)
-			a.procs[k] = &managed{proc: p, bin: bin}
+			a.procs[k] = &managed{key: k, proc: p, bin: bin}
 			a.log.Info("kube-proxy found", "pid", p.PID, "k8s", inspect.K8sVersion(bin))
 		})
 	}
@@ -554,9 +555,18 @@ func stillIdle(idle float64, spent, elapsed time.Duration) bool {
 	return spent <= time.Duration(2*idle*float64(elapsed))+2*tick
 }
 
+// held is the kube-proxy as the agent holds it, for a write without a second scan (nil until its
+// runners are located; tune then locates them itself).
+func (mp *managed) held() *tune.Located {
+	if !mp.located {
+		return nil
+	}
+	return &tune.Located{Proc: mp.proc, ExeDev: mp.key.dev, ExeIno: mp.key.ino, Bin: mp.bin, Target: mp.target, Runners: mp.runners}
+}
+
 func (a *Agent) write(mp *managed, current, desired time.Duration, source string) {
 	res, err := tune.Set(tune.Options{PID: mp.proc.PID, Change: patch.Change{MinInterval: &desired},
-		Store: state.Store{Dir: a.o.StateDir}, Log: a.log, Locate: inspect.LocateOptions{Locator: inspect.ByScan}})
+		Store: state.Store{Dir: a.o.StateDir}, Log: a.log, Located: mp.held()})
 	if err != nil {
 		mp.refused, mp.retryAt = desired, time.Now().Add(retryAfter)
 		a.m.refusals.WithLabelValues("set").Inc()
@@ -582,7 +592,7 @@ func (a *Agent) shutdown() {
 	for _, mp := range a.procs {
 		if a.o.ResetOnExit && mp.changed {
 			if _, err := tune.Reset(tune.Options{PID: mp.proc.PID, Store: state.Store{Dir: a.o.StateDir}, Log: a.log,
-				Locate: inspect.LocateOptions{Locator: inspect.ByScan}}); err != nil {
+				Locate: inspect.LocateOptions{Locator: inspect.ByScan}, Located: mp.held()}); err != nil {
 				a.m.refusals.WithLabelValues("reset").Inc()
 				a.log.Warn("reset on exit", "pid", mp.proc.PID, "error", err)
 			} else {

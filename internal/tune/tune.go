@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,21 @@ type Options struct {
 	Pause  func(step string)
 	Log    *slog.Logger
 	Locate inspect.LocateOptions // how runners are found (zero: the scan, else the uprobe)
+	// Located, for its PID, replaces opening the executable and locating the runners: the agent
+	// keeps each kube-proxy located and writes without a second scan.
+	Located *Located
+}
+
+// Located is a kube-proxy its caller has opened and located, with runners it has just read again
+// (locate.Validate). Set and Reset take it as found; inside the stop each runner is checked once
+// more against the values the change was planned from, so a stale one is refused, never written.
+// Its executable stays the caller's to close.
+type Located struct {
+	Proc           procfs.Process
+	ExeDev, ExeIno uint64 // the executable Bin was read from (procfs.ExeID)
+	Bin            *gobin.Binary
+	Target         locate.Target
+	Runners        []locate.Found
 }
 
 // Result is what set and reset report.
@@ -143,10 +159,13 @@ type prepared struct {
 	found  []locate.Found
 	by     string // the locator that found them
 	unlock func()
+	kept   bool // bin is the caller's (Options.Located)
 }
 
 func (p *prepared) close() {
-	p.bin.Close()
+	if !p.kept {
+		p.bin.Close()
+	}
 	if p.unlock != nil {
 		p.unlock()
 	}
@@ -169,6 +188,19 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 	} else if err != nil {
 		p.unlock()
 		return nil, err
+	}
+	if l := o.Located; l != nil && l.Proc.PID == pid {
+		if len(l.Runners) == 0 {
+			p.unlock()
+			return nil, fmt.Errorf("pid %d: no runner located", pid)
+		}
+		if dev != l.ExeDev || ino != l.ExeIno {
+			p.unlock()
+			return nil, fmt.Errorf("pid %d runs another executable than the one located: nothing written; it is located again", pid)
+		}
+		p.proc, p.bin, p.kept, p.found, p.by = l.Proc, l.Bin, true, slices.Clone(l.Runners), "kept"
+		p.target = patch.Target{PID: pid, StartTime: l.Proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: l.Target, Pause: o.Pause}
+		return p, nil
 	}
 	proc, bin, err := inspect.Open(pid)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
+	"kptune/internal/procfs"
 	uprobe "kptune/internal/probe"
 	"kptune/internal/state"
 	"kptune/test/testbed"
@@ -92,6 +93,54 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 				t.Errorf("%s: set to 7s holds %x, started at 7s holds %x", p.a.Options.Build, fa, fb)
 			}
 			if _, err := Reset(Options{PID: p.a.PID(), Store: store, Log: quiet()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("a kube-proxy located by its caller is written without a second scan", func(t *testing.T) {
+		for _, p := range pairs {
+			pid := p.a.PID()
+			proc, bin, err := inspect.Open(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bin.Close()
+			lt, found, _, err := inspect.LocateBy(ctx, pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dev, ino, err := procfs.ExeID(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held := &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: found}
+			d := 7 * time.Second
+			res, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: held})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if by := res.Processes[0].Locator; by != "kept" {
+				t.Errorf("%s: located by %q, want the caller's (kept)", p.a.Options.Build, by)
+			}
+			if fa, fb := fields(t, pid), fields(t, p.b.PID()); !bytes.Equal(fa, fb) {
+				t.Errorf("%s: set to 7s through a located process holds %x, started at 7s holds %x", p.a.Options.Build, fa, fb)
+			}
+			// The same runners again, now stale (they were read at 1s): checked inside the stop
+			// against the values planned from, refused, nothing written.
+			five := 5 * time.Second
+			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Located: held}); err == nil || !strings.Contains(err.Error(), "changed since it was read") {
+				t.Errorf("%s: a stale located process: %v, want its runner's change found inside the stop", p.a.Options.Build, err)
+			}
+			other := *held
+			other.ExeIno++
+			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Located: &other}); err == nil || !strings.Contains(err.Error(), "another executable") {
+				t.Errorf("%s: a located process of another executable: %v", p.a.Options.Build, err)
+			}
+			if got := fieldsMin(t, pid); got != 7*time.Second {
+				t.Errorf("%s: after the refused writes it holds %v, want 7s", p.a.Options.Build, got)
+			}
+			if _, err := Reset(Options{PID: pid, Store: store, Log: quiet()}); err != nil {
 				t.Fatal(err)
 			}
 		}

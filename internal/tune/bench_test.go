@@ -1,0 +1,99 @@
+package tune
+
+import (
+	"context"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"kptune/internal/inspect"
+	"kptune/internal/locate"
+	"kptune/internal/patch"
+	"kptune/internal/procfs"
+	"kptune/internal/state"
+	"kptune/test/testbed"
+)
+
+// BenchmarkWrite compares, write by write on one kube-proxy v1.33.5 (legacy iptables) holding 1000
+// Services × 10 endpoints, a write that opens the executable and scans the memory (kptune
+// set) with one through a process its caller holds located (the agent's: its runners read again
+// with locate.Validate, then Set with Located). Each iteration makes one of each, alternating the
+// period between 2s and 3s. It reports the CPU (user + system, this process, the stop included)
+// and the bytes allocated per write of each, and their ratio.
+func BenchmarkWrite(b *testing.B) {
+	testbed.NeedRoot(b, "network namespaces, iptables and ptrace")
+	services := 1000
+	ctx := context.Background()
+	_, kps := testbed.Start(b, services, 10, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"},
+		Mode: testbed.IPTables, IPTablesLegacy: true, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
+	pid := kps[0].PID()
+	store := state.Store{Dir: b.TempDir()}
+	proc, bin, err := inspect.Open(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bin.Close()
+	lt, found, _, err := inspect.LocateBy(ctx, pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bin.ReleaseTypes() // as the agent does once located
+	dev, ino, err := procfs.ExeID(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var fullCPU, heldCPU time.Duration
+	var fullAlloc, heldAlloc uint64
+	measure := func(cpu *time.Duration, alloc *uint64, fn func()) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		a0, c0 := ms.TotalAlloc, selfCPU(b)
+		fn()
+		runtime.ReadMemStats(&ms)
+		*cpu += selfCPU(b) - c0
+		*alloc += ms.TotalAlloc - a0
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := time.Duration(2+i%2) * time.Second
+		measure(&fullCPU, &fullAlloc, func() {
+			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Locate: inspect.LocateOptions{Locator: inspect.ByScan}}); err != nil {
+				b.Fatal(err)
+			}
+		})
+		d = time.Duration(3-i%2) * time.Second
+		measure(&heldCPU, &heldAlloc, func() {
+			runners := make([]locate.Found, len(found))
+			for j, f := range found {
+				v, ok := locate.Validate(lt, f.Address)
+				if !ok {
+					b.Fatalf("runner %#x no longer valid", f.Address)
+				}
+				runners[j] = v
+			}
+			held := &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: runners}
+			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: held}); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(float64(fullCPU.Microseconds())/1000/n, "scan-cpu-ms/write")
+	b.ReportMetric(float64(heldCPU.Microseconds())/1000/n, "held-cpu-ms/write")
+	b.ReportMetric(float64(fullAlloc)/(1<<20)/n, "scan-MiB/write")
+	b.ReportMetric(float64(heldAlloc)/(1<<20)/n, "held-MiB/write")
+	if heldCPU > 0 {
+		b.ReportMetric(float64(fullCPU)/float64(heldCPU), "cpu-ratio")
+	}
+}
+
+// selfCPU is this process's user and system CPU time.
+func selfCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
