@@ -22,8 +22,8 @@ import (
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
-	"kptune/internal/procfs"
 	uprobe "kptune/internal/probe"
+	"kptune/internal/procfs"
 	"kptune/internal/state"
 	"kptune/test/testbed"
 )
