@@ -555,13 +555,22 @@ func stillIdle(idle float64, spent, elapsed time.Duration) bool {
 	return spent <= time.Duration(2*idle*float64(elapsed))+2*tick
 }
 
-// held is the kube-proxy as the agent holds it, for a write without a second scan (nil until its
-// runners are located; tune then locates them itself).
+// held is the kube-proxy as the agent holds it, its runners read again now (the round's reading
+// predates any write the agent made since), for a write without a second scan; nil until they are
+// located, or if one no longer validates: tune then locates them itself.
 func (mp *managed) held() *tune.Located {
 	if !mp.located {
 		return nil
 	}
-	return &tune.Located{Proc: mp.proc, ExeDev: mp.key.dev, ExeIno: mp.key.ino, Bin: mp.bin, Target: mp.target, Runners: mp.runners}
+	runners := make([]locate.Found, len(mp.runners))
+	for i, r := range mp.runners {
+		f, ok := locate.Validate(mp.target, r.Address)
+		if !ok {
+			return nil
+		}
+		runners[i] = f
+	}
+	return &tune.Located{Proc: mp.proc, ExeDev: mp.key.dev, ExeIno: mp.key.ino, Bin: mp.bin, Target: mp.target, Runners: runners}
 }
 
 func (a *Agent) write(mp *managed, current, desired time.Duration, source string) {

@@ -188,6 +188,12 @@ func TestAgentOnTestBed(t *testing.T) {
 		t.Errorf("%d MinSyncPeriodSet events on Node %s, want 5 (start, restart, annotation, its removal, reload)", set, kp.Node)
 	}
 
+	// A write, then SIGTERM before the agent's next round has read the runners again: the reset
+	// must plan from what kube-proxy holds now, not from the round's reading before the write.
+	four := "4s"
+	lastWrite := time.Now()
+	annotate(&four)
+	waitPeriod("node annotation 4s, just before SIGTERM", 4*time.Second, lastWrite)
 	stopped := time.Now()
 	ag.Stop()
 	if p := period(kp); p != time.Second {
