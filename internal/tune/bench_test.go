@@ -1,7 +1,6 @@
 package tune
 
 import (
-	"context"
 	"runtime"
 	"syscall"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	"kptune/internal/inspect"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
-	"kptune/internal/procfs"
 	"kptune/internal/state"
 	"kptune/test/testbed"
 )
@@ -24,25 +22,12 @@ import (
 func BenchmarkWrite(b *testing.B) {
 	testbed.NeedRoot(b, "network namespaces, iptables and ptrace")
 	services := 1000
-	ctx := context.Background()
 	_, kps := testbed.Start(b, services, 10, testbed.KubeProxyOptions{Build: testbed.Build{Version: "v1.33.5"},
 		Mode: testbed.IPTables, IPTablesLegacy: true, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second})
 	pid := kps[0].PID()
 	store := state.Store{Dir: b.TempDir()}
-	proc, bin, err := inspect.Open(pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer bin.Close()
-	lt, found, _, err := inspect.LocateBy(ctx, pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
-	if err != nil {
-		b.Fatal(err)
-	}
-	bin.ReleaseTypes() // as the agent does once located
-	dev, ino, err := procfs.ExeID(pid)
-	if err != nil {
-		b.Fatal(err)
-	}
+	held := locateHeld(b, pid)
+	held.Bin.ReleaseTypes() // as the agent does once located
 	var fullCPU, heldCPU time.Duration
 	var fullAlloc, heldAlloc uint64
 	measure := func(cpu *time.Duration, alloc *uint64, fn func()) {
@@ -64,16 +49,16 @@ func BenchmarkWrite(b *testing.B) {
 		})
 		d = time.Duration(3-i%2) * time.Second
 		measure(&heldCPU, &heldAlloc, func() {
-			runners := make([]locate.Found, len(found))
-			for j, f := range found {
-				v, ok := locate.Validate(lt, f.Address)
+			now := *held
+			now.Runners = make([]locate.Found, len(held.Runners))
+			for j, f := range held.Runners {
+				v, ok := locate.Validate(held.Target, f.Address)
 				if !ok {
 					b.Fatalf("runner %#x no longer valid", f.Address)
 				}
-				runners[j] = v
+				now.Runners[j] = v
 			}
-			held := &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: runners}
-			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: held}); err != nil {
+			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: &now}); err != nil {
 				b.Fatal(err)
 			}
 		})

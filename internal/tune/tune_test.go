@@ -33,6 +33,26 @@ func needRoot(t *testing.T) {
 	testbed.NeedRoot(t, "network namespaces, iptables and ptrace")
 }
 
+// locateHeld opens and locates kube-proxy pid by the memory scan, as the agent holds it; its
+// executable is closed when the test ends.
+func locateHeld(tb testing.TB, pid int) *Located {
+	tb.Helper()
+	proc, bin, err := inspect.Open(pid)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { bin.Close() })
+	lt, found, _, err := inspect.LocateBy(context.Background(), pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dev, ino, err := procfs.ExeID(pid)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: found}
+}
+
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestSetOnRealKubeProxy is `kptune set` and `reset` end to end on real kube-proxy of both runner
@@ -101,20 +121,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 	t.Run("a kube-proxy located by its caller is written without a second scan", func(t *testing.T) {
 		for _, p := range pairs {
 			pid := p.a.PID()
-			proc, bin, err := inspect.Open(pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bin.Close()
-			lt, found, _, err := inspect.LocateBy(ctx, pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
-			if err != nil {
-				t.Fatal(err)
-			}
-			dev, ino, err := procfs.ExeID(pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			held := &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: found}
+			held := locateHeld(t, pid)
 			d := 7 * time.Second
 			res, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: held})
 			if err != nil {

@@ -182,11 +182,11 @@ func machine() string {
 
 // agentPID is the agent's process among the node's pods.
 func (w *world) agentPID(t *testing.T) int {
-	pids := w.podProcesses("kptune")
-	if len(pids) != 1 {
-		t.Fatalf("%d kptune processes in the node's pods, want 1", len(pids))
+	procs := w.podProcesses("kptune")
+	if len(procs) != 1 {
+		t.Fatalf("%d kptune processes in the node's pods, want 1", len(procs))
 	}
-	return pids[0]
+	return procs[0].PID
 }
 
 // cgroupOf is the path of pid's cgroup in a v1 hierarchy.

@@ -32,8 +32,10 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"kptune/internal/freeze"
 	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
+	"kptune/internal/procfs"
 	"kptune/test/testbed"
 )
 
@@ -218,19 +220,17 @@ func must(t *testing.T, err error) {
 // kubeProxyPID returns the PID of the node's kube-proxy serving node name (its
 // --hostname-override), found among the processes of the node's pods, or 0.
 func (w *world) kubeProxyPID(node string) int {
-	pids := w.podProcesses("kube-proxy")
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && bytes.Contains(b, []byte("--hostname-override="+node+"\x00")) {
-			return pid
+	for _, p := range w.podProcesses("kube-proxy") {
+		if slices.Contains(p.Cmdline, "--hostname-override="+node) {
+			return p.PID
 		}
 	}
 	return 0
 }
 
 // podProcesses lists the processes of the node's pods whose command name is comm.
-func (w *world) podProcesses(comm string) []int {
-	var pids []int
+func (w *world) podProcesses(comm string) []procfs.Process {
+	var procs []procfs.Process
 	_ = filepath.WalkDir(w.nd.CgroupPath("pids"), func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 			return nil
@@ -238,13 +238,13 @@ func (w *world) podProcesses(comm string) []int {
 		b, _ := os.ReadFile(path)
 		for _, f := range strings.Fields(string(b)) {
 			pid, _ := strconv.Atoi(f)
-			if c, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(c)) == comm {
-				pids = append(pids, pid)
+			if p, err := procfs.Get(pid); err == nil && p.Comm == comm {
+				procs = append(procs, p)
 			}
 		}
 		return nil
 	})
-	return pids
+	return procs
 }
 
 // inspect reads kube-proxy's runners from the node with `kptune inspect`, as an operator would.
@@ -391,17 +391,15 @@ func (w *world) helm(ctx context.Context, args ...string) string {
 
 // alive reports whether pid runs and is not stopped or traced.
 func alive(pid int) (bool, string) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.Get(pid)
 	if err != nil {
 		return false, "gone"
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok && strings.TrimSpace(v) != "0" {
-			return false, "traced by " + strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "State:"); ok && (strings.Contains(v, "T (") || strings.Contains(v, "t (")) {
-			return false, "stopped"
-		}
+	if tracer, err := freeze.TracerPID(pid); err == nil && tracer != 0 {
+		return false, fmt.Sprintf("traced by %d", tracer)
+	}
+	if p.State == 't' || p.State == 'T' {
+		return false, "stopped"
 	}
 	return syscall.Kill(pid, 0) == nil, ""
 }
