@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"kptune/internal/inspect"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
@@ -52,11 +52,11 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	pid := strconv.Itoa(kp.PID())
 	period := func() time.Duration {
-		p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		found, err := target.Runners(ctx, kp.PID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		return p.Found()[0].MinInterval
+		return found[0].MinInterval
 	}
 	rows := []struct {
 		command string

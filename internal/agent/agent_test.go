@@ -15,9 +15,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"kptune/internal/inspect"
 	"kptune/internal/netns"
 	"kptune/internal/procfs"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
@@ -93,11 +93,11 @@ func TestAgentOnTestBed(t *testing.T) {
 	}()
 
 	period := func(k *testbed.KubeProxy) time.Duration {
-		p, err := inspect.PID(ctx, k.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		found, err := target.Runners(ctx, k.PID())
 		if err != nil {
 			return -1
 		}
-		return p.Found()[0].MinInterval
+		return found[0].MinInterval
 	}
 	waitPeriod := func(what string, want time.Duration, since time.Time) {
 		t.Helper()
@@ -255,11 +255,11 @@ func TestAdaptiveOnTestBed(t *testing.T) {
 		s, _ := kp.Metrics.Scrape(ctx)
 		t.Logf("t+%ds: kube-proxy %.3f cores, %d syncs", i*5, cpu(5*time.Second), s.Syncs())
 	}
-	p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+	found, err := target.Runners(ctx, kp.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	period := p.Found()[0].MinInterval
+	period := found[0].MinInterval
 	after := cpu(15 * time.Second)
 	log, _ := os.ReadFile(ag.Log())
 	t.Logf("adaptive: period %v, kube-proxy %.3f cores (budget %.3f)", period, after, budget)

@@ -127,7 +127,7 @@ func TestDiscoveryFollowsExec(t *testing.T) {
 		}
 		return false
 	}
-	a.discover()
+	a.discover(context.Background())
 	if managed() {
 		t.Fatal("the shell is taken for a kube-proxy")
 	}
@@ -139,7 +139,7 @@ func TestDiscoveryFollowsExec(t *testing.T) {
 			t.Fatal("the shell did not exec the fake kube-proxy")
 		}
 	}
-	a.discover()
+	a.discover(context.Background())
 	if !managed() {
 		t.Fatal("the process that exec'd a kube-proxy was not examined again")
 	}

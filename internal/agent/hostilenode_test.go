@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"kptune/internal/inspect"
 	"kptune/internal/netns"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
@@ -113,11 +113,11 @@ func TestHostileNode(t *testing.T) {
 		return resp.StatusCode, string(body), nil
 	}
 	period := func() time.Duration {
-		p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		found, err := target.Runners(ctx, kp.PID())
 		if err != nil {
 			return -1
 		}
-		return p.Found()[0].MinInterval
+		return found[0].MinInterval
 	}
 
 	began := time.Now()

@@ -12,6 +12,7 @@ import (
 
 	"kptune/internal/inspect"
 	"kptune/internal/probe"
+	"kptune/internal/target"
 )
 
 type inspectFlags struct {
@@ -27,20 +28,20 @@ type locateFlags struct {
 }
 
 func (f *locateFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.locator, "locate", string(inspect.ByAuto),
+	cmd.Flags().StringVar(&f.locator, "locate", string(target.ByAuto),
 		"how to find the runners: scan (memory scan), uprobe (capture them as kube-proxy syncs), both (must agree), auto (scan, else uprobe)")
 	cmd.Flags().DurationVar(&f.timeout, "probe-timeout", probe.DefaultOptions.Timeout, "how long the uprobe waits for kube-proxy to sync")
 }
 
-func (f locateFlags) options() (inspect.LocateOptions, error) {
-	l, err := inspect.ParseLocator(f.locator)
+func (f locateFlags) options() (target.LocateOptions, error) {
+	l, err := target.ParseLocator(f.locator)
 	if err != nil {
-		return inspect.LocateOptions{}, err
+		return target.LocateOptions{}, err
 	}
 	if f.timeout <= 0 {
-		return inspect.LocateOptions{}, fmt.Errorf("--probe-timeout %v: must be positive", f.timeout)
+		return target.LocateOptions{}, fmt.Errorf("--probe-timeout %v: must be positive", f.timeout)
 	}
-	o := inspect.DefaultLocate
+	o := target.DefaultLocate
 	o.Locator, o.Probe.Timeout = l, f.timeout
 	return o, nil
 }

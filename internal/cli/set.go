@@ -103,7 +103,7 @@ func newSetCommand() *cobra.Command {
 			if err := checkOutput(f.output); err != nil {
 				return err
 			}
-			return report(cmd.OutOrStdout(), f.output)(tune.Set(o))
+			return report(cmd.OutOrStdout(), f.output)(tune.Set(cmd.Context(), o))
 		},
 	}
 	f.register(cmd)
@@ -130,7 +130,7 @@ func newResetCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return report(cmd.OutOrStdout(), f.output)(tune.Reset(o))
+			return report(cmd.OutOrStdout(), f.output)(tune.Reset(cmd.Context(), o))
 		},
 	}
 	f.register(cmd)

@@ -13,11 +13,8 @@ package freeze
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
-	"sort"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -118,7 +115,7 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 		}
 	}()
 	for round := 0; ; round++ {
-		tids, err := threads(pid)
+		tids, err := procfs.Threads(pid)
 		if err != nil {
 			return st, release, err
 		}
@@ -133,13 +130,13 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 				}
 				if errors.Is(err, unix.EPERM) {
 					// The kernel refuses to attach to a thread that is exiting: one less to stop.
-					if s := threadState(pid, tid); s == 0 || s == 'Z' || s == 'X' {
+					if s := procfs.ThreadState(pid, tid); s == 0 || s == 'Z' || s == 'X' {
 						continue
 					}
 					if tracedByOther(pid, tid, unix.Gettid()) {
 						return st, release, ErrTraced
 					}
-					return st, release, fmt.Errorf("seize thread %d: permission denied: run as root or with CAP_SYS_PTRACE", tid)
+					return st, release, fmt.Errorf("seize thread %d: %w", tid, procfs.ErrPermission)
 				}
 				return st, release, fmt.Errorf("seize thread %d: %w", tid, err)
 			}
@@ -173,7 +170,7 @@ func do(pid int, fn func() error) (st Stats, release bool, err error) {
 		if added == 0 {
 			break
 		}
-		if round > 100 {
+		if round > maxRounds {
 			return st, release, errors.New("the process keeps creating threads: try again")
 		}
 	}
@@ -216,6 +213,17 @@ func reap(gone []*tracee) bool {
 // after its last seize: the alternative BenchmarkStop measures beside the default.
 var interruptEach = false
 
+// maxRounds bounds the rounds of seizing the threads that appeared since the last one: a process
+// that keeps creating threads faster than they are stopped is not stopped at all.
+const maxRounds = 100
+
+// spinsBeforeState is how many polls of a thread's wait status pass (each a nap, some 2 ms in all)
+// before its state in /proc is read as well, for a stop whose report another waiter took.
+const spinsBeforeState = 200
+
+// napFor is the pause between two polls of a thread's stop.
+const napFor = 10 * time.Microsecond
+
 // stopTimeout bounds the wait for one thread's stop: a thread blocked in the kernel (D state)
 // stops only when it returns to user space.
 const stopTimeout = 2 * time.Second
@@ -250,7 +258,7 @@ func wait(pid int, t *tracee) error {
 			}
 			return nil
 		}
-		if spins > 200 && threadState(pid, t.tid) == 't' {
+		if spins > spinsBeforeState && procfs.ThreadState(pid, t.tid) == 't' {
 			t.stopped = true
 			return nil
 		}
@@ -267,20 +275,7 @@ func wait(pid int, t *tracee) error {
 // the thread's timer slack at 1 ns for the stop (see do): the runtime's time.Sleep parks the
 // goroutine and wakes the locked thread through the scheduler, late under load
 // (BenchmarkStop/sleep=runtime against sleep=thread).
-var nap = func() { _ = unix.Nanosleep(&unix.Timespec{Nsec: 10_000}, nil) }
-
-// threadState is the state letter of a thread (/proc/PID/task/TID/stat), or 0.
-func threadState(pid, tid int) byte {
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/stat", procfs.Root, pid, tid))
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0
-	}
-	return b[i+2]
-}
+var nap = func() { _ = unix.Nanosleep(&unix.Timespec{Nsec: int64(napFor)}, nil) }
 
 func detach(t *tracee) error {
 	_, _, errno := unix.RawSyscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(t.tid), 0, uintptr(t.sig), 0, 0)
@@ -290,38 +285,17 @@ func detach(t *tracee) error {
 	return nil
 }
 
-func threads(pid int) ([]int, error) {
-	ents, err := os.ReadDir(fmt.Sprintf("%s/%d/task", procfs.Root, pid))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
-		}
-		return nil, err
-	}
-	var tids []int
-	for _, e := range ents {
-		if tid, err := strconv.Atoi(e.Name()); err == nil {
-			tids = append(tids, tid)
-		}
-	}
-	if len(tids) == 0 {
-		return nil, fmt.Errorf("pid %d: %w", pid, procfs.ErrGone)
-	}
-	sort.Ints(tids)
-	return tids, nil
-}
-
 // traced reports whether another process traces pid (TracerPid in /proc/PID/status).
 // tracedByOther reports whether thread tid of pid is traced by another tracer than self (the thread
 // that runs the stop).
 func tracedByOther(pid, tid, self int) bool {
-	tracer, err := tracerOf(fmt.Sprintf("%s/%d/task/%d/status", procfs.Root, pid, tid))
+	tracer, err := tracerOf(procfs.TaskPath(pid, tid, "status"))
 	return err == nil && tracer != 0 && tracer != self
 }
 
 // TracerPID reads TracerPid from /proc/PID/status.
 func TracerPID(pid int) (int, error) {
-	return tracerOf(fmt.Sprintf("%s/%d/status", procfs.Root, pid))
+	return tracerOf(procfs.TaskPath(pid, 0, "status"))
 }
 
 func tracerOf(status string) (int, error) {

@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kptune/internal/procfs"
+
 	"kptune/test/testbed"
 )
 
@@ -60,7 +62,7 @@ func startFixture(t *testing.T) *testbed.FixtureProcess {
 // states returns the state letter of every thread of pid.
 func states(t *testing.T, pid int) map[int]byte {
 	t.Helper()
-	tids, err := threads(pid)
+	tids, err := procfs.Threads(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +292,7 @@ func BenchmarkStop(b *testing.B) {
 		nap, interruptEach = saved, false
 		switch setup {
 		case "sleep=runtime":
-			nap = func() { time.Sleep(10 * time.Microsecond) }
+			nap = func() { time.Sleep(napFor) }
 		case "interrupt=each":
 			interruptEach = true
 		case "when=after-run":
@@ -390,7 +392,7 @@ func TestKilledInsideTheStopIsReaped(t *testing.T) {
 		}
 		// Inside the stop until the kill has taken every thread.
 		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			if s := threadState(pid, pid); s == 'Z' || s == 'X' || s == 0 {
+			if s := procfs.ThreadState(pid, pid); s == 'Z' || s == 'X' || s == 0 {
 				break
 			}
 		}
@@ -412,7 +414,7 @@ func TestKilledInsideTheStopIsReaped(t *testing.T) {
 				return
 			}
 		case <-timeout:
-			state := threadState(pid, pid)
+			state := procfs.ThreadState(pid, pid)
 			tracer, _ := TracerPID(pid)
 			t.Fatalf("pid %d not reaped by its parent 1 s after the stop ended: state %q, traced by %d", pid, state, tracer)
 		}

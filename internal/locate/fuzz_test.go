@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
-	"kptune/internal/inspect"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
@@ -28,7 +27,7 @@ type segment struct {
 	data []byte
 }
 
-func (s segments) ReadAt(p []byte, addr uint64) error {
+func (s segments) ReadMem(p []byte, addr uint64) error {
 	for _, g := range s {
 		if addr >= g.addr && addr-g.addr <= uint64(len(g.data)) && uint64(len(p)) <= uint64(len(g.data))-(addr-g.addr) {
 			copy(p, g.data[addr-g.addr:])
@@ -66,8 +65,8 @@ type recorder struct {
 	seen segments
 }
 
-func (r *recorder) ReadAt(p []byte, addr uint64) error {
-	if err := r.mem.ReadAt(p, addr); err != nil {
+func (r *recorder) ReadMem(p []byte, addr uint64) error {
+	if err := r.mem.ReadMem(p, addr); err != nil {
 		return err
 	}
 	r.seen = append(r.seen, segment{addr, bytes.Clone(p)})
@@ -98,7 +97,7 @@ func FuzzValidate(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		tg, err := inspect.Target(fx.PID, bin)
+		tg, err := locate.TargetOf(fx.PID, bin)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -124,7 +123,7 @@ func FuzzValidate(f *testing.F) {
 		segs := decode(image)
 		tg := scanAndValidate(t, segs, bin, layout, addr)
 		obs := make(locate.Observation, 256)
-		if segs.ReadAt(obs, addr) == nil {
+		if segs.ReadMem(obs, addr) == nil {
 			_, _ = locate.LayoutFromValues(tg, addr, obs, obs, locate.Periods{MinSync: 1300 * time.Millisecond, Sync: 30 * time.Second})
 		}
 	})

@@ -46,14 +46,28 @@ type Layout struct {
 	Limiter                                 uint64 // old generation: the rateLimiter interface
 	TokenBucketType                         uint64 // descriptor of flowcontrol.tokenBucketRateLimiter (0 if unknown)
 	TBLimiter, TBQPS, RateLimit, RateBurst  uint64 // old generation: offsets in the token bucket and rate.Limiter
+	// Confirmed: the built-in layout was checked against a runner's values, and agrees.
+	Confirmed bool
 	// Unconfirmed says why the built-in layout could not be checked against a runner's values ("":
 	// it came from the binary, or was confirmed). Nothing is written with such a layout unless forced.
 	Unconfirmed string
 }
 
+// Describe is where the layout came from, for people: its source, and for the built-in table
+// whether a runner's values confirmed it.
+func (l Layout) Describe() string {
+	switch {
+	case l.Confirmed:
+		return l.Source + ", confirmed by values"
+	case l.Unconfirmed != "":
+		return l.Source + " (unconfirmed: " + l.Unconfirmed + ")"
+	}
+	return l.Source
+}
+
 // DetectGeneration tells the runner generation from the type descriptors the binary holds: a
 // BoundedFrequencyRunner of one package or the other. It reads no function table (27 MiB in a
-// kube-proxy); GenerationFromFunctions is the same decision from the functions, and tests hold the
+// kube-proxy); generationFromFunctions is the same decision from the functions, and tests hold the
 // two to agreement.
 func DetectGeneration(b *gobin.Binary) (Generation, error) {
 	old, err := b.HasTypeName("async.BoundedFrequencyRunner")
@@ -67,9 +81,9 @@ func DetectGeneration(b *gobin.Binary) (Generation, error) {
 	return decide(old, cur)
 }
 
-// GenerationFromFunctions tells the generation from which runner functions exist: tryRun (k8s ≤
+// generationFromFunctions tells the generation from which runner functions exist: tryRun (k8s ≤
 // 1.33) or the new package's Loop (k8s ≥ 1.34).
-func GenerationFromFunctions(b *gobin.Binary) (Generation, error) {
+func generationFromFunctions(b *gobin.Binary) (Generation, error) {
 	if err := b.FuncTableErr(); err != nil {
 		return "", err
 	}

@@ -29,7 +29,7 @@ func TestLayoutSourcesAgree(t *testing.T) {
 			if l.Generation != tc.gen || l.Source != "type descriptors" || l.TokenBucketType == 0 && tc.gen == Async {
 				t.Fatalf("generation %s from %s (token bucket type %#x)", l.Generation, l.Source, l.TokenBucketType)
 			}
-			if g, err := GenerationFromFunctions(b); err != nil || g != l.Generation {
+			if g, err := generationFromFunctions(b); err != nil || g != l.Generation {
 				t.Errorf("generation from functions %q (%v), from type descriptors %q", g, err, l.Generation)
 			}
 			table := Builtin(tc.gen)

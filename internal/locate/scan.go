@@ -46,6 +46,28 @@ type Target struct {
 	ScanLimit uint64
 }
 
+// TargetOf prepares the scan of live process pid, whose executable b is: its layout, mappings and
+// load bias.
+func TargetOf(pid int, b *gobin.Binary) (Target, error) {
+	l, err := LayoutOf(b)
+	if err != nil {
+		return Target{}, err
+	}
+	maps, err := procfs.Maps(pid)
+	if err != nil {
+		return Target{Layout: l}, err
+	}
+	_, ino, err := procfs.ExeID(pid)
+	if err != nil {
+		return Target{Layout: l}, err
+	}
+	bias, err := LoadBias(b, maps, ino)
+	if err != nil {
+		return Target{Layout: l}, err
+	}
+	return Target{Mem: memory.Process{PID: pid}, Maps: maps, Bias: bias, Binary: b, Layout: l}, nil
+}
+
 // chunk bounds each read of the target's memory.
 const chunk = 1 << 20
 
@@ -158,8 +180,8 @@ func Scan(ctx context.Context, t Target) ([]Found, error) {
 				return nil, fmt.Errorf("scan stopped: %w", err)
 			}
 			n := min(uint64(chunk+16), m.End-base)
-			if err := t.Mem.ReadAt(buf[:n], base); err != nil {
-				if errors.Is(err, memory.ErrExited) || errors.Is(err, memory.ErrPermission) {
+			if err := t.Mem.ReadMem(buf[:n], base); err != nil {
+				if errors.Is(err, memory.ErrExited) || errors.Is(err, procfs.ErrPermission) {
 					return nil, err
 				}
 				continue // a page unmapped since the maps were read
@@ -209,7 +231,7 @@ func validate(t Target, addr uint64) (Found, bool) {
 		return Found{}, false
 	}
 	r := make([]byte, l.RunnerSize)
-	if t.Mem.ReadAt(r, addr) != nil {
+	if t.Mem.ReadMem(r, addr) != nil {
 		return Found{}, false
 	}
 	le := binary.LittleEndian
@@ -239,7 +261,7 @@ func runChannel(mem memory.Reader, p uint64) bool {
 		return false
 	}
 	var h [26]byte
-	if mem.ReadAt(h[:], p) != nil {
+	if mem.ReadMem(h[:], p) != nil {
 		return false
 	}
 	le := binary.LittleEndian
@@ -252,7 +274,7 @@ func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
 		return Found{}, false
 	}
 	var itab [16]byte
-	if t.Mem.ReadAt(itab[:], tab) != nil {
+	if t.Mem.ReadMem(itab[:], tab) != nil {
 		return Found{}, false
 	}
 	le := binary.LittleEndian
@@ -273,19 +295,19 @@ func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
 		return Found{}, false
 	}
 	var tb [16]byte
-	if data == 0 || t.Mem.ReadAt(tb[:], data+t.Layout.TBLimiter) != nil {
+	if data == 0 || t.Mem.ReadMem(tb[:], data+t.Layout.TBLimiter) != nil {
 		return Found{}, false
 	}
 	rl := le.Uint64(tb[:])
 	var qps [4]byte
-	if t.Mem.ReadAt(qps[:], data+t.Layout.TBQPS) != nil {
+	if t.Mem.ReadMem(qps[:], data+t.Layout.TBQPS) != nil {
 		return Found{}, false
 	}
 	f.QPS = math.Float32frombits(le.Uint32(qps[:]))
 	f.QPSAddr = data + t.Layout.TBQPS
 	var lim [8]byte
 	var burst [8]byte
-	if rl == 0 || t.Mem.ReadAt(lim[:], rl+t.Layout.RateLimit) != nil || t.Mem.ReadAt(burst[:], rl+t.Layout.RateBurst) != nil {
+	if rl == 0 || t.Mem.ReadMem(lim[:], rl+t.Layout.RateLimit) != nil || t.Mem.ReadMem(burst[:], rl+t.Layout.RateBurst) != nil {
 		return Found{}, false
 	}
 	f.Limit = math.Float64frombits(le.Uint64(lim[:]))
@@ -306,11 +328,11 @@ func limiter(t Target, f Found, tab, data uint64) (Found, bool) {
 func Validate(t Target, addr uint64) (Found, bool) {
 	var hdr [16]byte
 	name := make([]byte, len(RunnerName))
-	if t.Mem.ReadAt(hdr[:], addr+t.Layout.Name) != nil {
+	if t.Mem.ReadMem(hdr[:], addr+t.Layout.Name) != nil {
 		return Found{}, false
 	}
 	le := binary.LittleEndian
-	if le.Uint64(hdr[8:]) != uint64(len(RunnerName)) || t.Mem.ReadAt(name, le.Uint64(hdr[:])) != nil || string(name) != RunnerName {
+	if le.Uint64(hdr[8:]) != uint64(len(RunnerName)) || t.Mem.ReadMem(name, le.Uint64(hdr[:])) != nil || string(name) != RunnerName {
 		return Found{}, false
 	}
 	return validate(t, addr)
@@ -320,16 +342,19 @@ func Validate(t Target, addr uint64) (Found, bool) {
 // float32(time.Second) / float32(minInterval).
 func QPSFor(d time.Duration) float32 { return float32(time.Second) / float32(d) }
 
+// ErrStale is wrapped when a runner no longer holds what it held when it was read.
+var ErrStale = errors.New("changed since it was read")
+
 // Revalidate checks that the runner found earlier is still at its address with the same signature
 // and the same values.
 func Revalidate(t Target, f Found) error {
 	got, ok := validate(t, f.Address)
 	if !ok {
-		return fmt.Errorf("runner %#x no longer has a runner's signature", f.Address)
+		return fmt.Errorf("runner %#x no longer has a runner's signature: %w", f.Address, ErrStale)
 	}
 	if got != f {
-		return fmt.Errorf("runner %#x changed since it was read (min %v → %v, qps %v → %v, burst %d → %d)",
-			f.Address, f.MinInterval, got.MinInterval, f.QPS, got.QPS, f.Burst, got.Burst)
+		return fmt.Errorf("runner %#x %w (min %v → %v, qps %v → %v, burst %d → %d)",
+			f.Address, ErrStale, f.MinInterval, got.MinInterval, f.QPS, got.QPS, f.Burst, got.Burst)
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 // exiting is a process whose memory reads fail as if it exited after a few reads.
 type exiting struct{ reads int }
 
-func (e *exiting) ReadAt(p []byte, addr uint64) error {
+func (e *exiting) ReadMem(p []byte, addr uint64) error {
 	if e.reads--; e.reads < 0 {
 		return fmt.Errorf("read memory at %#x: %w", addr, memory.ErrExited)
 	}

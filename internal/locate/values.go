@@ -52,14 +52,14 @@ func LayoutFromProcess(ctx context.Context, t Target, addr uint64, p Periods, ga
 // (sources, sizes and the token bucket's descriptor aside).
 func SameFields(a, b Layout) bool {
 	a.Source, b.Source, a.RunnerSize, b.RunnerSize, a.TokenBucketType, b.TokenBucketType = "", "", 0, 0, 0, 0
-	a.Unconfirmed, b.Unconfirmed = "", ""
+	a.Unconfirmed, b.Unconfirmed, a.Confirmed, b.Confirmed = "", "", false, false
 	return a == b
 }
 
 // Observe reads a runner's first bytes.
 func Observe(t Target, addr uint64) (Observation, error) {
 	o := make(Observation, runnerScan)
-	if err := t.Mem.ReadAt(o, addr); err != nil {
+	if err := t.Mem.ReadMem(o, addr); err != nil {
 		return nil, fmt.Errorf("read runner %#x: %w", addr, err)
 	}
 	return o, nil
@@ -149,7 +149,7 @@ func isName(t Target, ptr, n uint64) bool {
 		return false
 	}
 	b := make([]byte, n)
-	return t.Mem.ReadAt(b, ptr) == nil && string(b) == RunnerName
+	return t.Mem.ReadMem(b, ptr) == nil && string(b) == RunnerName
 }
 
 // isFuncValue: p points at a funcval, whose first word is an address in the executable's code.
@@ -158,7 +158,7 @@ func isFuncValue(t Target, p uint64) bool {
 		return false
 	}
 	var w [8]byte
-	if t.Mem.ReadAt(w[:], p) != nil {
+	if t.Mem.ReadMem(w[:], p) != nil {
 		return false
 	}
 	pc := binary.LittleEndian.Uint64(w[:]) - t.Bias
@@ -176,7 +176,7 @@ func tokenBucket(t Target, l *Layout, data uint64, qps float32) bool {
 		return false
 	}
 	tb := make([]byte, bucketScan)
-	if t.Mem.ReadAt(tb, data) != nil {
+	if t.Mem.ReadMem(tb, data) != nil {
 		return false
 	}
 	le := binary.LittleEndian
@@ -193,7 +193,7 @@ func tokenBucket(t Target, l *Layout, data uint64, qps float32) bool {
 	rl := make([]byte, limiterScan)
 	for off := 0; off+8 <= len(tb); off += 8 {
 		p := le.Uint64(tb[off:])
-		if p == 0 || t.Mem.ReadAt(rl, p) != nil {
+		if p == 0 || t.Mem.ReadMem(rl, p) != nil {
 			continue
 		}
 		for lim := 0; lim+16 <= len(rl); lim += 8 {

@@ -18,6 +18,7 @@ type Target struct {
 	ExeDev    uint64 // device and inode of its executable: an exec keeps pid and start time
 	ExeIno    uint64
 	Locate    locate.Target
+	Mem       memory.ReadWriter // the live process's memory
 	// Pause, if set, is called at each step inside the stop ("checked": before the writes,
 	// "written": after them): a fault-injection aid for tests that kill kptune there.
 	Pause func(step string)
@@ -33,17 +34,16 @@ type RunnerWrites struct {
 // runner still has its signature and the values it was planned from, writes, reads every write back,
 // and releases the process. On any difference nothing is written (or what was written is restored).
 func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
-	mem, ok := t.Locate.Mem.(memory.Process)
-	if !ok {
-		return freeze.Stats{}, errors.New("apply needs a live process")
+	mem := t.Mem
+	if mem == nil {
+		return freeze.Stats{}, errors.New("apply needs a live process's memory")
 	}
 	return freeze.Do(t.PID, func() error {
-		p, err := procfs.Get(t.PID)
-		if err != nil || p.StartTime != t.StartTime {
-			return fmt.Errorf("pid %d is no longer the process that was inspected (it exited or restarted): nothing written; run kptune again", t.PID)
+		if !procfs.Alive(t.PID, t.StartTime) {
+			return fmt.Errorf("pid %d is no longer the process that was inspected (it exited or restarted): nothing written; run kptune again: %w", t.PID, procfs.ErrGone)
 		}
 		if dev, ino, err := procfs.ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
-			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again", t.PID)
+			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again: %w", t.PID, locate.ErrStale)
 		}
 		for _, rw := range rws {
 			if err := locate.Revalidate(t.Locate, rw.Found); err != nil {
@@ -51,25 +51,25 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 			}
 			for _, w := range rw.Writes {
 				cur := make([]byte, len(w.Old))
-				if err := mem.ReadAt(cur, w.Addr); err != nil {
+				if err := mem.ReadMem(cur, w.Addr); err != nil {
 					return err
 				}
 				if !bytes.Equal(cur, w.Old) {
-					return fmt.Errorf("runner %#x: %s changed since it was read: nothing written; run kptune again", rw.Found.Address, w.Field)
+					return fmt.Errorf("runner %#x: %s %w: nothing written; run kptune again", rw.Found.Address, w.Field, locate.ErrStale)
 				}
 			}
 		}
 		t.pause("checked")
 		var done []Write
-		err = func() error {
+		err := func() error {
 			for _, rw := range rws {
 				for _, w := range rw.Writes {
-					if err := mem.WriteAt(w.New, w.Addr); err != nil {
+					if err := mem.WriteMem(w.New, w.Addr); err != nil {
 						return err
 					}
 					done = append(done, w)
 					back := make([]byte, len(w.New))
-					if err := mem.ReadAt(back, w.Addr); err != nil {
+					if err := mem.ReadMem(back, w.Addr); err != nil {
 						return err
 					}
 					if !bytes.Equal(back, w.New) {
@@ -81,7 +81,7 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 		}()
 		if err != nil {
 			for i := len(done) - 1; i >= 0; i-- {
-				_ = mem.WriteAt(done[i].Old, done[i].Addr)
+				_ = mem.WriteMem(done[i].Old, done[i].Addr)
 			}
 			return fmt.Errorf("write failed, previous values restored: %w", err)
 		}

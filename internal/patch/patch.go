@@ -74,6 +74,10 @@ func ValuesOf(f locate.Found) Values {
 // ErrRefused is wrapped by every refusal of a change.
 var ErrRefused = errors.New("refused")
 
+// ErrUnpatchable is wrapped, besides ErrRefused, by the refusal of a runner whose values kptune
+// does not know how to change (locate.Found.Reason says why).
+var ErrUnpatchable = errors.New("runner cannot be retuned")
+
 func refuse(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
 }
@@ -82,7 +86,7 @@ func refuse(format string, a ...any) error {
 // hold, after checking the change is one kube-proxy itself would accept.
 func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
 	if !f.Patchable {
-		return Values{}, nil, refuse("runner %#x cannot be retuned: %s", f.Address, f.Reason)
+		return Values{}, nil, fmt.Errorf("%w: %w: runner %#x: %s", ErrRefused, ErrUnpatchable, f.Address, f.Reason)
 	}
 	v := ValuesOf(f)
 	if c.MinInterval != nil {

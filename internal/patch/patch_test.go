@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
-	"kptune/internal/inspect"
 	"kptune/internal/locate"
+	"kptune/internal/memory"
 	"kptune/internal/procfs"
 	"kptune/test/testbed"
 )
@@ -43,7 +43,7 @@ func start(t *testing.T, build testbed.Build, fixture string, period time.Durati
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	lt, err := inspect.Target(fx.PID, b)
+	lt, err := locate.TargetOf(fx.PID, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func start(t *testing.T, build testbed.Build, fixture string, period time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
-	return live{fx: fx, found: found[0], target: Target{PID: fx.PID, StartTime: p.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt}}
+	return live{fx: fx, found: found[0], target: Target{PID: fx.PID, StartTime: p.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt, Mem: memory.Process{PID: fx.PID}}}
 }
 
 // tuned reads the raw bytes of the fields a retune writes.
@@ -78,7 +78,7 @@ func tuned(t *testing.T, l live) map[string][]byte {
 	out := map[string][]byte{}
 	for name, fa := range fields {
 		b := make([]byte, fa[1])
-		if err := l.target.Locate.Mem.ReadAt(b, fa[0]); err != nil {
+		if err := l.target.Locate.Mem.ReadMem(b, fa[0]); err != nil {
 			t.Fatal(err)
 		}
 		out[name] = b

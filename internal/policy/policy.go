@@ -41,6 +41,9 @@ type Decision struct {
 // Policy chooses the next period from the current one and the inputs.
 type Policy interface {
 	Name() string
+	// Measures reports whether Decide reads its Inputs: where it does not, kube-proxy's metrics
+	// need not be read at all.
+	Measures() bool
 	Decide(current time.Duration, in Inputs) Decision
 }
 
@@ -49,6 +52,9 @@ type Static struct{ Period time.Duration }
 
 // Name implements Policy.
 func (s Static) Name() string { return "static" }
+
+// Measures implements Policy: a static period needs no measurement.
+func (s Static) Measures() bool { return false }
 
 // Decide implements Policy.
 func (s Static) Decide(current time.Duration, _ Inputs) Decision {
@@ -83,6 +89,9 @@ func (a Adaptive) Validate() error {
 
 // Name implements Policy.
 func (a Adaptive) Name() string { return "adaptive" }
+
+// Measures implements Policy.
+func (a Adaptive) Measures() bool { return true }
 
 // Decide implements Policy.
 func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {

@@ -308,7 +308,7 @@ func runnerOf(t locate.Target, recv uint64, field int64) []uint64 {
 		return nil
 	}
 	buf := make([]byte, searchProxier)
-	if t.Mem.ReadAt(buf, recv) != nil {
+	if t.Mem.ReadMem(buf, recv) != nil {
 		return nil
 	}
 	for off := 0; off+8 <= len(buf); off += 8 {
@@ -322,7 +322,7 @@ func runnerOf(t locate.Target, recv uint64, field int64) []uint64 {
 
 func word(t locate.Target, addr uint64) (uint64, bool) {
 	var w [8]byte
-	if t.Mem.ReadAt(w[:], addr) != nil {
+	if t.Mem.ReadMem(w[:], addr) != nil {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(w[:]), true

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
-	"kptune/internal/inspect"
 	"kptune/internal/locate"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
@@ -37,7 +36,7 @@ func startFixture(t *testing.T, b testbed.Build, rate float64) (*testbed.Fixture
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bin.Close() })
-	tg, err := inspect.Target(fx.PID, bin)
+	tg, err := locate.TargetOf(fx.PID, bin)
 	if err != nil {
 		t.Fatal(err)
 	}

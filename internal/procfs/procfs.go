@@ -1,4 +1,11 @@
-// Package procfs discovers processes and their memory mappings through /proc.
+// Package procfs is kptune's one reader of /proc: processes, their threads, CPU time, user IDs,
+// memory mappings and executables.
+//
+// stat, status and cmdline are parsed by github.com/prometheus/procfs, which reads each file in one
+// bounded read (1 MiB) and keeps up with the kernel's formats; what it does not cover is here: the
+// mappings with their residency (smaps, read line by line with a bound on their number, since
+// prometheus/procfs's ProcMaps reads every line and skips residency), the executable's identity, and
+// the status fields it does not parse (TracerPid, CapEff).
 //
 // kptune reads a target's executable through /proc/PID/exe, never by its path: from a container with
 // hostPID the path names a file of another mount namespace, and a replaced binary on disk is not the
@@ -8,22 +15,29 @@ package procfs
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	prom "github.com/prometheus/procfs"
 )
 
 // Root is where procfs is mounted; tests and containers may point it elsewhere.
 var Root = "/proc"
 
-// ErrGone is returned when a process no longer exists.
-var ErrGone = errors.New("process no longer exists")
+// The conditions callers act on.
+var (
+	// ErrGone: the process no longer exists.
+	ErrGone = errors.New("process no longer exists")
+	// ErrPermission: kptune may not read or stop it.
+	ErrPermission = errors.New("permission denied: run as root or with CAP_SYS_PTRACE")
+)
 
 // Process is one process of the host.
 type Process struct {
@@ -37,49 +51,111 @@ type Process struct {
 // Exe is the path through which the process's executable can be read.
 func (p Process) Exe() string { return filepath.Join(Root, strconv.Itoa(p.PID), "exe") }
 
-// Get reads one process.
-func Get(pid int) (Process, error) {
-	dir := filepath.Join(Root, strconv.Itoa(pid))
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if errors.Is(err, os.ErrNotExist) {
-		return Process{}, fmt.Errorf("pid %d: %w", pid, ErrGone)
-	} else if err != nil {
-		return Process{}, fmt.Errorf("pid %d: %w", pid, err)
+// fsError says what a failed read of process pid's files means.
+func fsError(pid int, err error) error {
+	switch {
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+		return fmt.Errorf("pid %d: %w", pid, ErrGone)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("pid %d: %w", pid, ErrPermission)
 	}
-	p := Process{PID: pid}
-	// comm is in parentheses and may hold spaces or parentheses itself: split at the last ')'.
-	open, close := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-	if open < 0 || close < open {
-		return Process{}, fmt.Errorf("pid %d: malformed stat", pid)
+	return fmt.Errorf("pid %d: %w", pid, err)
+}
+
+// proc opens process pid, or its thread tid for tid > 0, under Root.
+func proc(pid, tid int) (prom.Proc, error) {
+	fs, err := prom.NewFS(Root)
+	if err != nil {
+		return prom.Proc{}, err
 	}
-	p.Comm = string(stat[open+1 : close])
-	fields := strings.Fields(string(stat[close+1:]))
-	// fields[0] is field 3 (state); start time is field 22.
-	if len(fields) < 20 {
-		return Process{}, fmt.Errorf("pid %d: short stat", pid)
+	var p prom.Proc
+	if tid > 0 {
+		p, err = fs.Thread(pid, tid)
+	} else {
+		p, err = fs.Proc(pid)
 	}
-	p.State = fields[0][0]
-	if p.StartTime, err = strconv.ParseUint(fields[19], 10, 64); err != nil {
-		return Process{}, fmt.Errorf("pid %d: start time: %w", pid, err)
-	}
-	if cmd, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
-		for _, a := range bytes.Split(bytes.TrimRight(cmd, "\x00"), []byte{0}) {
-			p.Cmdline = append(p.Cmdline, string(a))
-		}
+	if err != nil {
+		return prom.Proc{}, fsError(pid, err)
 	}
 	return p, nil
 }
 
+// stat reads /proc/PID/stat, or /proc/PID/task/TID/stat for tid > 0.
+func stat(pid, tid int) (prom.Proc, prom.ProcStat, error) {
+	p, err := proc(pid, tid)
+	if err != nil {
+		return p, prom.ProcStat{}, err
+	}
+	s, err := p.Stat()
+	if err != nil {
+		return p, prom.ProcStat{}, fsError(pid, err)
+	}
+	if s.State == "" {
+		return p, prom.ProcStat{}, fmt.Errorf("pid %d: stat without a state", pid)
+	}
+	return p, s, nil
+}
+
+// Get reads one process.
+func Get(pid int) (Process, error) {
+	pp, s, err := stat(pid, 0)
+	if err != nil {
+		return Process{}, err
+	}
+	p := Process{PID: pid, StartTime: s.Starttime, State: s.State[0], Comm: s.Comm}
+	if cmd, err := pp.CmdLine(); err == nil && len(cmd) > 0 {
+		p.Cmdline = cmd
+	}
+	return p, nil
+}
+
+// ThreadState is the state of thread tid of process pid (R, S, t, T …), or 0 if it cannot be read.
+func ThreadState(pid, tid int) byte {
+	_, s, err := stat(pid, tid)
+	if err != nil {
+		return 0
+	}
+	return s.State[0]
+}
+
+// Threads lists the threads of process pid (/proc/PID/task), in ascending order.
+func Threads(pid int) ([]int, error) {
+	ents, err := os.ReadDir(TaskPath(pid, 0, "task"))
+	if err != nil {
+		return nil, fsError(pid, err)
+	}
+	var tids []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	if len(tids) == 0 {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	}
+	slices.Sort(tids)
+	return tids, nil
+}
+
+// TaskPath is the path of a file of process pid (/proc/PID/name), or of its thread tid for tid > 0
+// (/proc/PID/task/TID/name).
+func TaskPath(pid, tid int, name string) string {
+	if tid > 0 {
+		return filepath.Join(Root, strconv.Itoa(pid), "task", strconv.Itoa(tid), name)
+	}
+	return filepath.Join(Root, strconv.Itoa(pid), name)
+}
+
 // Alive reports whether process pid still exists and is the one that started at start.
 func Alive(pid int, start uint64) bool {
-	p, err := Get(pid)
-	return err == nil && p.StartTime == start
+	_, s, err := stat(pid, 0)
+	return err == nil && s.Starttime == start
 }
 
 // StatusField reads one field of a status file (/proc/PID/status, /proc/PID/task/TID/status, or
-// /proc/self/status), its value trimmed.
+// /proc/self/status), its value trimmed: for the fields prometheus/procfs does not parse.
 func StatusField(path, key string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := readBounded(path, maxStatus)
 	if err != nil {
 		return "", err
 	}
@@ -91,24 +167,38 @@ func StatusField(path, key string) (string, error) {
 	return "", fmt.Errorf("%s has no %s", path, key)
 }
 
+// maxStatus bounds what is read of a status file (a few kB).
+const maxStatus = 64 << 10
+
+// readBounded reads at most limit bytes of a file.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, limit)
+	n, err := f.Read(b)
+	if err != nil && n == 0 {
+		return nil, err
+	}
+	return b[:n], nil
+}
+
 // UIDs returns the real and effective user IDs of process pid (/proc/PID/status).
 func UIDs(pid int) (real, effective uint32, err error) {
-	v, err := StatusField(filepath.Join(Root, strconv.Itoa(pid), "status"), "Uid")
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
-	} else if err != nil {
+	p, err := proc(pid, 0)
+	if err != nil {
 		return 0, 0, err
 	}
-	fs := strings.Fields(v)
-	if len(fs) < 2 {
-		return 0, 0, fmt.Errorf("pid %d: malformed Uid line %q", pid, v)
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, 0, fsError(pid, err)
 	}
-	r, err1 := strconv.ParseUint(fs[0], 10, 32)
-	e, err2 := strconv.ParseUint(fs[1], 10, 32)
-	if err1 != nil || err2 != nil {
-		return 0, 0, fmt.Errorf("pid %d: malformed Uid line %q", pid, v)
+	if st.UIDs[0] > 1<<32-1 || st.UIDs[1] > 1<<32-1 {
+		return 0, 0, fmt.Errorf("pid %d: malformed Uid line", pid)
 	}
-	return uint32(r), uint32(e), nil
+	return uint32(st.UIDs[0]), uint32(st.UIDs[1]), nil
 }
 
 // userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on every Linux architecture
@@ -118,28 +208,14 @@ const userHZ = 100
 // CPU returns the CPU time process pid has used, with that of its children it has waited for
 // (utime + stime + cutime + cstime): for kube-proxy, its own and its iptables-restore or nft runs'.
 func CPU(pid int) (time.Duration, error) {
-	stat, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "stat"))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
-	} else if err != nil {
+	_, s, err := stat(pid, 0)
+	if err != nil {
 		return 0, err
 	}
-	close := bytes.LastIndexByte(stat, ')')
-	if close < 0 {
-		return 0, fmt.Errorf("pid %d: malformed stat", pid)
+	if s.CUTime < 0 || s.CSTime < 0 {
+		return 0, fmt.Errorf("pid %d: negative children's CPU time", pid)
 	}
-	fields := strings.Fields(string(stat[close+1:]))
-	if len(fields) < 15 {
-		return 0, fmt.Errorf("pid %d: short stat", pid)
-	}
-	var ticks uint64
-	for _, f := range fields[11:15] { // fields 14–17: utime, stime, cutime, cstime
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("pid %d: cpu time: %w", pid, err)
-		}
-		ticks += v
-	}
+	ticks := uint64(s.UTime) + uint64(s.STime) + uint64(s.CUTime) + uint64(s.CSTime)
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
@@ -259,7 +335,7 @@ func ExeID(pid int) (dev, ino uint64, err error) {
 	err = syscall.Stat(filepath.Join(Root, strconv.Itoa(pid), "exe"), &st)
 	switch {
 	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
-		return 0, 0, fmt.Errorf("pid %d: cannot read its executable: run as root or with CAP_SYS_PTRACE", pid)
+		return 0, 0, fmt.Errorf("pid %d: cannot read its executable: %w", pid, ErrPermission)
 	case err != nil:
 		return 0, 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
 	}

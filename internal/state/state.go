@@ -315,9 +315,9 @@ type AuditEntry struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// MaxAudit bounds the audit log: past it, audit.log becomes audit.log.1 (replacing the one before)
+// maxAudit bounds the audit log: past it, audit.log becomes audit.log.1 (replacing the one before)
 // and a new one starts, so the log takes at most twice this.
-var MaxAudit int64 = 16 << 20
+var maxAudit int64 = 16 << 20
 
 // Audit appends entries to the audit log (0600), in one write.
 func (s Store) Audit(es ...AuditEntry) error {
@@ -337,7 +337,7 @@ func (s Store) Audit(es ...AuditEntry) error {
 	if err != nil {
 		return err
 	}
-	if fi, err := f.Stat(); err == nil && fi.Size()+int64(len(b)) > MaxAudit && fi.Size() > 0 {
+	if fi, err := f.Stat(); err == nil && fi.Size()+int64(len(b)) > maxAudit && fi.Size() > 0 {
 		f.Close()
 		if err := os.Rename(path, path+".1"); err != nil {
 			return fmt.Errorf("rotate the audit log: %w", err)

@@ -229,13 +229,13 @@ func TestUnsafeStateDirectory(t *testing.T) {
 	}
 }
 
-// TestAuditRotates: past MaxAudit the log moves to audit.log.1 and starts again, so it stays
+// TestAuditRotates: past maxAudit the log moves to audit.log.1 and starts again, so it stays
 // bounded; an entry is never split.
 func TestAuditRotates(t *testing.T) {
 	s := Store{Dir: t.TempDir()}
-	old := MaxAudit
-	MaxAudit = 1000
-	defer func() { MaxAudit = old }()
+	old := maxAudit
+	maxAudit = 1000
+	defer func() { maxAudit = old }()
 	for i := 0; i < 40; i++ {
 		if err := s.Audit(AuditEntry{Action: "set", Phase: "intent", PID: i, Runner: "0x10"}, AuditEntry{Action: "set", Phase: "done", PID: i, Runner: "0x10"}); err != nil {
 			t.Fatal(err)
@@ -243,8 +243,8 @@ func TestAuditRotates(t *testing.T) {
 	}
 	for _, name := range []string{"audit.log", "audit.log.1"} {
 		fi, err := os.Stat(filepath.Join(s.Dir, name))
-		if err != nil || fi.Size() > MaxAudit || fi.Size() == 0 {
-			t.Errorf("%s: %v %v, want at most %d bytes", name, fi, err, MaxAudit)
+		if err != nil || fi.Size() > maxAudit || fi.Size() == 0 {
+			t.Errorf("%s: %v %v, want at most %d bytes", name, fi, err, maxAudit)
 		}
 	}
 	b, _ := os.ReadFile(filepath.Join(s.Dir, "audit.log"))

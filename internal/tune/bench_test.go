@@ -1,22 +1,22 @@
 package tune
 
 import (
+	"context"
 	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
-	"kptune/internal/inspect"
-	"kptune/internal/locate"
 	"kptune/internal/patch"
 	"kptune/internal/state"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
 // BenchmarkWrite compares, write by write on one kube-proxy v1.33.5 (legacy iptables) holding 1000
 // Services × 10 endpoints, a write that opens the executable and scans the memory (kptune
-// set) with one through a process its caller holds located (the agent's: its runners read again
-// with locate.Validate, then Set with Located). Each iteration makes one of each, alternating the
+// set) with one through a process its caller holds located (the agent's: Set with Target, which
+// reads its runners again without a scan). Each iteration makes one of each, alternating the
 // period between 2s and 3s. It reports the CPU (user + system, this process, the stop included)
 // and the bytes allocated per write of each, and their ratio.
 func BenchmarkWrite(b *testing.B) {
@@ -27,7 +27,8 @@ func BenchmarkWrite(b *testing.B) {
 	pid := kps[0].PID()
 	store := state.Store{Dir: b.TempDir()}
 	held := locateHeld(b, pid)
-	held.Bin.ReleaseTypes() // as the agent does once located
+	held.ReleaseTypes() // as the agent does once located
+	ctx := context.Background()
 	var fullCPU, heldCPU time.Duration
 	var fullAlloc, heldAlloc uint64
 	measure := func(cpu *time.Duration, alloc *uint64, fn func()) {
@@ -43,22 +44,13 @@ func BenchmarkWrite(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		d := time.Duration(2+i%2) * time.Second
 		measure(&fullCPU, &fullAlloc, func() {
-			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Locate: inspect.LocateOptions{Locator: inspect.ByScan}}); err != nil {
+			if _, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Locate: target.LocateOptions{Locator: target.ByScan}}); err != nil {
 				b.Fatal(err)
 			}
 		})
 		d = time.Duration(3-i%2) * time.Second
 		measure(&heldCPU, &heldAlloc, func() {
-			now := *held
-			now.Runners = make([]locate.Found, len(held.Runners))
-			for j, f := range held.Runners {
-				v, ok := locate.Validate(held.Target, f.Address)
-				if !ok {
-					b.Fatalf("runner %#x no longer valid", f.Address)
-				}
-				now.Runners[j] = v
-			}
-			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: &now}); err != nil {
+			if _, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Target: held}); err != nil {
 				b.Fatal(err)
 			}
 		})

@@ -1,6 +1,7 @@
 package tune
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,19 +12,18 @@ import (
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
 	"kptune/internal/state"
+	"kptune/internal/target"
 )
 
 // TestEveryProcessIsTried: without --pid, a kube-proxy that fails does not keep the ones after it
 // from being changed (it stopped there, after earlier ones were changed); each gets its result, and
 // the call fails with every error.
 func TestEveryProcessIsTried(t *testing.T) {
-	old := discover
-	defer func() { discover = old }()
-	discover = func() ([]procfs.Process, error) {
+	discover := func() ([]procfs.Process, error) {
 		return []procfs.Process{{PID: 11}, {PID: 12}, {PID: 13}}, nil
 	}
 	var tried []int
-	res, err := each(Options{Store: state.Store{Dir: t.TempDir()}, Log: quiet()}, func(_ Options, pid int) (ProcessResult, error) {
+	res, err := each(context.Background(), Options{Store: state.Store{Dir: t.TempDir()}, Log: quiet()}, discover, func(_ context.Context, _ Options, pid int) (ProcessResult, error) {
 		tried = append(tried, pid)
 		switch pid {
 		case 12:
@@ -66,9 +66,9 @@ func TestNoWriteWithoutAudit(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "audit.log"), 0o700); err != nil { // not a file
 		t.Fatal(err)
 	}
-	p := &prepared{proc: procfs.Process{PID: os.Getpid()}, target: patch.Target{PID: os.Getpid()}}
+	p := &prepared{t: &target.Process{Process: procfs.Process{PID: os.Getpid()}}, unlock: func() {}}
 	res := &ProcessResult{Runners: []RunnerResult{{Address: "0x10", Fields: []string{"minInterval"}}}}
-	err := apply(Options{Store: state.Store{Dir: dir}, Log: quiet()}, p, res, []patch.RunnerWrites{{}}, "set")
+	err := apply(context.Background(), Options{Store: state.Store{Dir: dir}, Log: quiet()}, p, res, target.Plan{{}}, "set")
 	if err == nil || !strings.Contains(err.Error(), "audit log") || !strings.Contains(err.Error(), "nothing written") || res.Threads != 0 {
 		t.Errorf("a write with an unwritable audit log: %v (threads stopped %d)", err, res.Threads)
 	}

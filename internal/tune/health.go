@@ -11,10 +11,14 @@ import (
 	"kptune/internal/locate"
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
+	"kptune/internal/target"
 )
 
 // defaultSyncPeriod is kube-proxy's default --*-sync-period.
 const defaultSyncPeriod = 30 * time.Second
+
+// configzTimeout bounds each read of kube-proxy's /metrics or /configz for the rails.
+const configzTimeout = 2 * time.Second
 
 // probe reads a kube-proxy's metrics and /configz at most once, for all of its runners (two in
 // dual-stack).
@@ -24,11 +28,11 @@ type probe struct {
 	configz func() (time.Duration, bool)
 }
 
-func newProbe(p procfs.Process) *probe {
+func newProbe(t *target.Process) *probe {
 	return &probe{
-		p:       p,
-		avg:     sync.OnceValues(func() (time.Duration, bool) { return observedSync(p) }),
-		configz: sync.OnceValues(func() (time.Duration, bool) { return configzSyncPeriod(p) }),
+		p:       t.Process,
+		avg:     sync.OnceValues(func() (time.Duration, bool) { return observedSync(t.Process) }),
+		configz: sync.OnceValues(func() (time.Duration, bool) { return configzSyncPeriod(t) }),
 	}
 }
 
@@ -104,7 +108,7 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 // (1.28+), which are what runs under churn; the first sync after a start is a full one and can take
 // minutes at scale without saying anything about the next. Else of all its syncs.
 func observedSync(p procfs.Process) (time.Duration, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), configzTimeout)
 	defer cancel()
 	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx)
 	if err != nil {
@@ -121,17 +125,9 @@ func observedSync(p procfs.Process) (time.Duration, bool) {
 }
 
 // configzSyncPeriod reads syncPeriod from kube-proxy's /configz.
-func configzSyncPeriod(p procfs.Process) (time.Duration, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+func configzSyncPeriod(t *target.Process) (time.Duration, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), configzTimeout)
 	defer cancel()
-	cfg, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Configz(ctx)
-	if err != nil {
-		return 0, false
-	}
-	mode, _ := kpmetrics.FlagValue(p.Cmdline, "--proxy-mode")
-	if mode == "" {
-		mode = "iptables"
-	}
-	d, ok := cfg.Period("syncPeriod", mode)
-	return d, ok && d > 0
+	ps, err := t.Periods(ctx)
+	return ps.Sync, err == nil && ps.Sync > 0
 }

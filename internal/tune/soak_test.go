@@ -73,12 +73,12 @@ func TestSoak(t *testing.T) {
 	start := time.Now()
 	for i := range cycles {
 		d := time.Duration(1001+rng.IntN(9000)) * time.Millisecond // (1s, 10s]: never the period it has, which writes nothing
-		res, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
+		res, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
 		if err != nil {
 			t.Fatalf("cycle %d: set %v: %v", i, d, err)
 		}
 		stopped = append(stopped, time.Duration(res.Processes[0].StoppedNS))
-		if _, err := Reset(Options{PID: pid, Store: store, Log: quiet()}); err != nil {
+		if _, err := Reset(ctx, Options{PID: pid, Store: store, Log: quiet()}); err != nil {
 			t.Fatalf("cycle %d: reset: %v", i, err)
 		}
 		if !tuned.Running() || tuned.PID() != pid {

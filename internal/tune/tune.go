@@ -10,17 +10,15 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"kptune/internal/gobin"
-	"kptune/internal/inspect"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
 	"kptune/internal/state"
+	"kptune/internal/target"
 )
 
 // Options configure Set and Reset.
@@ -37,22 +35,12 @@ type Options struct {
 	// the stop "checked" and "written", then "released" (fault-injection tests kill kptune there).
 	Pause  func(step string)
 	Log    *slog.Logger
-	Locate inspect.LocateOptions // how runners are found (zero: the scan, else the uprobe)
-	// Located, for its PID, replaces opening the executable and locating the runners: the agent
-	// keeps each kube-proxy located and writes without a second scan.
-	Located *Located
-}
-
-// Located is a kube-proxy its caller has opened and located, with runners it has just read again
-// (locate.Validate). Set and Reset take it as found; inside the stop each runner is checked once
-// more against the values the change was planned from, so a stale one is refused, never written.
-// Its executable stays the caller's to close.
-type Located struct {
-	Proc           procfs.Process
-	ExeDev, ExeIno uint64 // the executable Bin was read from (procfs.ExeID)
-	Bin            *gobin.Binary
-	Target         locate.Target
-	Runners        []locate.Found
+	Locate target.LocateOptions // how runners are found (zero: the scan, else the uprobe)
+	// Target, for its PID, is a kube-proxy the caller holds located (the agent keeps each one): its
+	// runners are read again (no scan) and the change planned from what they hold now; inside the
+	// stop each is checked once more, so a stale one is refused, never written. It stays the
+	// caller's to close.
+	Target *target.Process
 }
 
 // Result is what set and reset report.
@@ -95,16 +83,17 @@ func (o Options) pause(step string) {
 }
 
 // Set changes the runners of one or every kube-proxy.
-func Set(o Options) (Result, error) {
-	return each(o, set)
+func Set(ctx context.Context, o Options) (Result, error) {
+	return each(ctx, o, target.Discover, set)
 }
 
 // Reset restores the values kube-proxy started with, from the state record of its first change.
-func Reset(o Options) (Result, error) {
-	return each(o, reset)
+func Reset(ctx context.Context, o Options) (Result, error) {
+	return each(ctx, o, target.Discover, reset)
 }
 
-func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, error) {
+// each runs fn on o.PID, or on every kube-proxy discover lists.
+func each(ctx context.Context, o Options, discover func() ([]procfs.Process, error), fn func(context.Context, Options, int) (ProcessResult, error)) (Result, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -112,7 +101,7 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 		o.Log.Info("removed state records of processes that no longer exist", "count", n)
 	}
 	if o.PID != 0 {
-		pr, err := fn(o, o.PID)
+		pr, err := fn(ctx, o, o.PID)
 		if err != nil {
 			return Result{}, err
 		}
@@ -132,7 +121,7 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 	for _, p := range procs {
 		var pr ProcessResult
 		var ferr error
-		err := inspect.Safely(p.PID, func() { pr, ferr = fn(o, p.PID) })
+		err := target.Safely(p.PID, func() { pr, ferr = fn(ctx, o, p.PID) })
 		if err == nil {
 			err = ferr
 		}
@@ -148,30 +137,22 @@ func each(o Options, fn func(Options, int) (ProcessResult, error)) (Result, erro
 	return res, nil
 }
 
-// discover lists the node's kube-proxies (replaced in tests).
-var discover = inspect.Discover
-
 // prepared is a locked, located process.
 type prepared struct {
-	proc   procfs.Process
-	bin    *gobin.Binary
-	target patch.Target
-	found  []locate.Found
-	by     string // the locator that found them
+	t      *target.Process
+	found  []locate.Found // its runners, read just now
 	unlock func()
-	kept   bool // bin is the caller's (Options.Located)
+	kept   bool // t is the caller's (Options.Target)
 }
 
 func (p *prepared) close() {
 	if !p.kept {
-		p.bin.Close()
+		p.t.Close()
 	}
-	if p.unlock != nil {
-		p.unlock()
-	}
+	p.unlock()
 }
 
-func prepare(o Options, pid int, lock bool) (*prepared, error) {
+func prepare(ctx context.Context, o Options, pid int, lock bool) (*prepared, error) {
 	p := &prepared{unlock: func() {}}
 	if lock {
 		unlock, err := o.Store.Lock(pid)
@@ -181,40 +162,34 @@ func prepare(o Options, pid int, lock bool) (*prepared, error) {
 		p.unlock = unlock
 		o.pause("locked")
 	}
-	dev, ino, err := procfs.ExeID(pid)
-	if errors.Is(err, procfs.ErrGone) {
-		p.unlock()
-		return nil, fmt.Errorf("no process %d: check the PID (pgrep kube-proxy)", pid)
-	} else if err != nil {
-		p.unlock()
-		return nil, err
-	}
-	if l := o.Located; l != nil && l.Proc.PID == pid {
-		if len(l.Runners) == 0 {
-			p.unlock()
-			return nil, fmt.Errorf("pid %d: no runner located", pid)
+	if t := o.Target; t != nil && t.PID == pid {
+		p.t, p.kept = t, true
+		if dev, ino, err := procfs.ExeID(pid); err != nil {
+			p.close()
+			return nil, fmt.Errorf("pid %d: %w", pid, err)
+		} else if dev != t.ExeDev || ino != t.ExeIno {
+			p.close()
+			return nil, fmt.Errorf("pid %d runs another executable than the one located: nothing written; it is located again: %w", pid, target.ErrStale)
 		}
-		if dev != l.ExeDev || ino != l.ExeIno {
-			p.unlock()
-			return nil, fmt.Errorf("pid %d runs another executable than the one located: nothing written; it is located again", pid)
+		found, err := t.Revalidate()
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("nothing written: %w", err)
 		}
-		p.proc, p.bin, p.kept, p.found, p.by = l.Proc, l.Bin, true, slices.Clone(l.Runners), "kept"
-		p.target = patch.Target{PID: pid, StartTime: l.Proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: l.Target, Pause: o.Pause}
+		p.found = found
 		return p, nil
 	}
-	proc, bin, err := inspect.Open(pid)
+	t, err := target.Open(ctx, pid)
 	if err != nil {
 		p.unlock()
 		return nil, err
 	}
-	p.proc, p.bin = proc, bin
-	lt, found, by, err := inspect.LocateBy(context.Background(), pid, bin, o.Locate)
-	p.found, p.by = found, by
-	if err != nil {
+	p.t = t
+	if err := t.Locate(ctx, o.Locate); err != nil {
 		p.close()
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
+		return nil, err
 	}
-	p.target = patch.Target{PID: pid, StartTime: proc.StartTime, ExeDev: dev, ExeIno: ino, Locate: lt, Pause: o.Pause}
+	p.found = t.Runners()
 	return p, nil
 }
 
@@ -235,13 +210,17 @@ func selectRunners(found []locate.Found, which string) ([]locate.Found, error) {
 }
 
 // begin locks (unless a dry run) and locates process pid, and starts its result.
-func begin(o Options, pid int) (*prepared, ProcessResult, error) {
-	p, err := prepare(o, pid, !o.DryRun)
+func begin(ctx context.Context, o Options, pid int) (*prepared, ProcessResult, error) {
+	p, err := prepare(ctx, o, pid, !o.DryRun)
 	if err != nil {
 		return nil, ProcessResult{}, err
 	}
-	l := p.target.Locate.Layout
-	res := ProcessResult{PID: pid, K8sVersion: inspect.K8sVersion(p.bin), Generation: string(l.Generation), Locator: p.by, DryRun: o.DryRun}
+	l := p.t.Layout()
+	by := p.t.FoundBy()
+	if p.kept {
+		by = "kept"
+	}
+	res := ProcessResult{PID: pid, K8sVersion: p.t.K8sVersion(), Generation: string(l.Generation), Locator: by, DryRun: o.DryRun}
 	if err := confirmed(l, o.Force); err != nil {
 		p.close()
 		return nil, res, fmt.Errorf("pid %d: %w", pid, err)
@@ -249,20 +228,20 @@ func begin(o Options, pid int) (*prepared, ProcessResult, error) {
 	return p, res, nil
 }
 
-func set(o Options, pid int) (ProcessResult, error) {
+func set(ctx context.Context, o Options, pid int) (ProcessResult, error) {
 	start := time.Now()
-	p, res, err := begin(o, pid)
+	p, res, err := begin(ctx, o, pid)
 	if err != nil {
 		return res, err
 	}
 	defer p.close()
-	l := p.target.Locate.Layout
+	l := p.t.Layout()
 	runners, err := selectRunners(p.found, o.Runner)
 	if err != nil {
 		return res, err
 	}
-	var rws []patch.RunnerWrites
-	health := newProbe(p.proc)
+	var rws target.Plan
+	health := newProbe(p.t)
 	for _, f := range runners {
 		v, ws, err := patch.Plan(f, l, o.Change)
 		if err != nil {
@@ -282,7 +261,7 @@ func set(o Options, pid int) (ProcessResult, error) {
 		return res, err
 	}
 	o.pause("recorded")
-	if err := apply(o, p, &res, rws, "set"); err != nil {
+	if err := apply(ctx, o, p, &res, rws, "set"); err != nil {
 		return res, err
 	}
 	res.Total = time.Since(start).String()
@@ -290,7 +269,7 @@ func set(o Options, pid int) (ProcessResult, error) {
 }
 
 // addRunner adds a runner's planned change to the result, and to the writes if it has any.
-func addRunner(res *ProcessResult, rws []patch.RunnerWrites, f locate.Found, v patch.Values, ws []patch.Write) []patch.RunnerWrites {
+func addRunner(res *ProcessResult, rws target.Plan, f locate.Found, v patch.Values, ws []patch.Write) target.Plan {
 	rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
 	for _, w := range ws {
 		rr.Fields = append(rr.Fields, w.Field)
@@ -314,26 +293,27 @@ func confirmed(l locate.Layout, force bool) error {
 
 // apply writes inside one stop of the process. The audit log gets each runner's change before the
 // stop (nothing is written if it cannot), and its result after.
-func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites, action string) error {
-	if err := o.Store.Audit(auditEntries(action, "intent", p.proc.PID, res.Runners, 0, nil)...); err != nil {
-		return fmt.Errorf("pid %d: write the audit log in %s: %w: nothing written (use --state-dir)", p.proc.PID, o.Store.Dir, err)
+func apply(ctx context.Context, o Options, p *prepared, res *ProcessResult, rws target.Plan, action string) error {
+	pid := p.t.PID
+	if err := o.Store.Audit(auditEntries(action, "intent", pid, res.Runners, 0, nil)...); err != nil {
+		return fmt.Errorf("pid %d: write the audit log in %s: %w: nothing written (use --state-dir)", pid, o.Store.Dir, err)
 	}
-	st, err := patch.Apply(p.target, rws)
+	st, err := p.t.Apply(ctx, rws, o.Pause)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
 	res.StoppingNS, res.InsideNS = int64(st.Stopping), int64(st.Inside)
 	phase := "done"
 	if err != nil {
 		phase = "failed"
 	}
-	results := auditEntries(action, phase, p.proc.PID, res.Runners, st.Stopped, err)
+	results := auditEntries(action, phase, pid, res.Runners, st.Stopped, err)
 	if aerr := o.Store.Audit(results...); aerr != nil {
-		o.Log.Warn("audit log: the result of a change not recorded (its intent was)", "pid", p.proc.PID, "error", aerr)
+		o.Log.Warn("audit log: the result of a change not recorded (its intent was)", "pid", pid, "error", aerr)
 	}
-	if errors.Is(err, procfs.ErrGone) {
-		return fmt.Errorf("pid %d exited before the write: nothing written; run kptune again for the new kube-proxy", p.proc.PID)
+	if errors.Is(err, target.ErrGone) {
+		return fmt.Errorf("pid %d exited before the write: nothing written; run kptune again for the new kube-proxy: %w", pid, err)
 	}
 	if err != nil {
-		return fmt.Errorf("pid %d: %w", p.proc.PID, err)
+		return fmt.Errorf("pid %d: %w", pid, err)
 	}
 	o.pause("released")
 	for _, e := range results {
@@ -344,11 +324,12 @@ func apply(o Options, p *prepared, res *ProcessResult, rws []patch.RunnerWrites,
 
 // remember saves the original values before the first change of a process.
 func remember(s state.Store, p *prepared) error {
-	r, err := s.Load(p.proc.PID, p.proc.StartTime, p.bin.BuildID())
+	t := p.t
+	r, err := s.Load(t.PID, t.StartTime, t.Binary().BuildID())
 	if err != nil || r != nil {
 		return err
 	}
-	r = &state.Record{PID: p.proc.PID, StartTime: p.proc.StartTime, BuildID: p.bin.BuildID(), Runners: map[string]state.Original{}}
+	r = &state.Record{PID: t.PID, StartTime: t.StartTime, BuildID: t.Binary().BuildID(), Runners: map[string]state.Original{}}
 	for _, f := range p.found {
 		r.Runners[fmt.Sprintf("%#x", f.Address)] = state.Original{MinInterval: f.MinInterval, MaxInterval: f.MaxInterval, RetryInterval: f.RetryInterval, Burst: f.Burst}
 	}
@@ -358,23 +339,23 @@ func remember(s state.Store, p *prepared) error {
 	return nil
 }
 
-func reset(o Options, pid int) (ProcessResult, error) {
+func reset(ctx context.Context, o Options, pid int) (ProcessResult, error) {
 	start := time.Now()
-	p, res, err := begin(o, pid)
+	p, res, err := begin(ctx, o, pid)
 	if err != nil {
 		return res, err
 	}
 	defer p.close()
-	l := p.target.Locate.Layout
-	rec, err := o.Store.Load(pid, p.proc.StartTime, p.bin.BuildID())
+	l := p.t.Layout()
+	rec, err := o.Store.Load(pid, p.t.StartTime, p.t.Binary().BuildID())
 	if err != nil {
 		return res, err
 	}
 	if rec == nil {
 		return res, fmt.Errorf("nothing to reset for pid %d: kptune has not changed it since it started", pid)
 	}
-	var rws []patch.RunnerWrites
-	health := newProbe(p.proc)
+	var rws target.Plan
+	health := newProbe(p.t)
 	for _, f := range p.found {
 		orig, ok := rec.Runners[fmt.Sprintf("%#x", f.Address)]
 		if !ok {
@@ -401,11 +382,11 @@ func reset(o Options, pid int) (ProcessResult, error) {
 		return res, nil
 	}
 	if len(rws) > 0 {
-		if err := apply(o, p, &res, rws, "reset"); err != nil {
+		if err := apply(ctx, o, p, &res, rws, "reset"); err != nil {
 			return res, err
 		}
 	}
-	if err := o.Store.Remove(pid, p.proc.StartTime); err != nil {
+	if err := o.Store.Remove(pid, p.t.StartTime); err != nil {
 		return res, err
 	}
 	res.Total = time.Since(start).String()

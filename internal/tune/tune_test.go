@@ -3,6 +3,7 @@ package tune
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,13 +19,13 @@ import (
 	"time"
 
 	"kptune/internal/freeze"
-	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/locate"
+	"kptune/internal/memory"
 	"kptune/internal/patch"
 	uprobe "kptune/internal/probe"
-	"kptune/internal/procfs"
 	"kptune/internal/state"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
@@ -35,22 +36,18 @@ func needRoot(t *testing.T) {
 
 // locateHeld opens and locates kube-proxy pid by the memory scan, as the agent holds it; its
 // executable is closed when the test ends.
-func locateHeld(tb testing.TB, pid int) *Located {
+func locateHeld(tb testing.TB, pid int) *target.Process {
 	tb.Helper()
-	proc, bin, err := inspect.Open(pid)
+	ctx := context.Background()
+	p, err := target.Open(ctx, pid)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { bin.Close() })
-	lt, found, _, err := inspect.LocateBy(context.Background(), pid, bin, inspect.LocateOptions{Locator: inspect.ByScan})
-	if err != nil {
+	tb.Cleanup(p.Close)
+	if err := p.Locate(ctx, target.LocateOptions{Locator: target.ByScan}); err != nil {
 		tb.Fatal(err)
 	}
-	dev, ino, err := procfs.ExeID(pid)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &Located{Proc: proc, ExeDev: dev, ExeIno: ino, Bin: bin, Target: lt, Runners: found}
+	return p
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -103,7 +100,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 	t.Run("identical to a restart", func(t *testing.T) {
 		for _, p := range pairs {
 			d := 7 * time.Second
-			res, err := Set(Options{PID: p.a.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
+			res, err := Set(ctx, Options{PID: p.a.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +109,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			if !bytes.Equal(fa, fb) {
 				t.Errorf("%s: set to 7s holds %x, started at 7s holds %x", p.a.Options.Build, fa, fb)
 			}
-			if _, err := Reset(Options{PID: p.a.PID(), Store: store, Log: quiet()}); err != nil {
+			if _, err := Reset(ctx, Options{PID: p.a.PID(), Store: store, Log: quiet()}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -123,7 +120,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			pid := p.a.PID()
 			held := locateHeld(t, pid)
 			d := 7 * time.Second
-			res, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Located: held})
+			res, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Target: held})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,21 +130,39 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			if fa, fb := fields(t, pid), fields(t, p.b.PID()); !bytes.Equal(fa, fb) {
 				t.Errorf("%s: set to 7s through a located process holds %x, started at 7s holds %x", p.a.Options.Build, fa, fb)
 			}
-			// The same runners again, now stale (they were read at 1s): checked inside the stop
-			// against the values planned from, refused, nothing written.
-			five := 5 * time.Second
-			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Located: held}); err == nil || !strings.Contains(err.Error(), "changed since it was read") {
-				t.Errorf("%s: a stale located process: %v, want its runner's change found inside the stop", p.a.Options.Build, err)
+			// A runner that changes after it was read (here written behind kptune's back, between
+			// the plan and the stop): found inside the stop, refused, nothing written.
+			five, six := 5*time.Second, 6*time.Second
+			behind := func(step string) {
+				if step == "recorded" {
+					f := held.Runners()[0]
+					var b [8]byte
+					binary.LittleEndian.PutUint64(b[:], uint64(six))
+					if err := (memory.Process{PID: pid}).WriteMem(b[:], f.Address+held.Layout().MinInterval); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			_, err = Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Target: held, Pause: behind})
+			if !errors.Is(err, target.ErrStale) || !strings.Contains(err.Error(), "changed since it was read") {
+				t.Errorf("%s: a runner changed after it was read: %v, want its change found inside the stop", p.a.Options.Build, err)
+			}
+			if got := fieldsMin(t, pid); got != six {
+				t.Errorf("%s: after the refused write it holds %v, want the 6s written behind kptune", p.a.Options.Build, got)
+			}
+			// Held, it is read again for the next write: no stale plan.
+			if _, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(), Target: held}); err != nil {
+				t.Errorf("%s: a held kube-proxy after a refused write: %v", p.a.Options.Build, err)
 			}
 			other := *held
 			other.ExeIno++
-			if _, err := Set(Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Located: &other}); err == nil || !strings.Contains(err.Error(), "another executable") {
+			if _, err := Set(ctx, Options{PID: pid, Change: patch.Change{MinInterval: &five}, Store: store, Log: quiet(), Target: &other}); !errors.Is(err, target.ErrStale) || !strings.Contains(err.Error(), "another executable") {
 				t.Errorf("%s: a located process of another executable: %v", p.a.Options.Build, err)
 			}
 			if got := fieldsMin(t, pid); got != 7*time.Second {
 				t.Errorf("%s: after the refused writes it holds %v, want 7s", p.a.Options.Build, got)
 			}
-			if _, err := Reset(Options{PID: pid, Store: store, Log: quiet()}); err != nil {
+			if _, err := Reset(ctx, Options{PID: pid, Store: store, Log: quiet()}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -172,20 +187,20 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		before := rates(t, kps, 20*time.Second)
 		ten := 10 * time.Second
 		// Located by the uprobe alone, end to end.
-		byUprobe := inspect.LocateOptions{Locator: inspect.ByUprobe, Probe: uprobe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond}}
+		byUprobe := target.LocateOptions{Locator: target.ByUprobe, Probe: uprobe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond}}
 		for _, kp := range kps {
-			res, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &ten}, Store: store, Log: quiet(), Locate: byUprobe})
+			res, err := Set(ctx, Options{PID: kp.PID(), Change: patch.Change{MinInterval: &ten}, Store: store, Log: quiet(), Locate: byUprobe})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if by := res.Processes[0].Locator; by != string(inspect.ByUprobe) {
+			if by := res.Processes[0].Locator; by != string(target.ByUprobe) {
 				t.Errorf("%s: located by %q, want uprobe", kp.Options.Build, by)
 			}
 		}
 		time.Sleep(12 * time.Second) // the bucket's stored burst drains
 		during := rates(t, kps, 40*time.Second)
 		for _, kp := range kps {
-			if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+			if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -237,7 +252,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		var holdErr error
 		go func() {
 			defer wg.Done()
-			_, holdErr = Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(),
+			_, holdErr = Set(ctx, Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet(),
 				Pause: func(step string) {
 					if step == "written" {
 						time.Sleep(2 * time.Second)
@@ -245,7 +260,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 				}})
 		}()
 		time.Sleep(800 * time.Millisecond)
-		_, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
+		_, err := Set(ctx, Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()})
 		wg.Wait()
 		if holdErr != nil {
 			t.Fatal(holdErr)
@@ -253,10 +268,10 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "another kptune is writing") {
 			t.Errorf("a second writer: got %v", err)
 		}
-		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+		if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
+		if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
 			t.Errorf("a second reset: got %v", err)
 		}
 	})
@@ -268,11 +283,11 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		current := func() locate.Found {
-			p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+			found, err := target.Runners(ctx, kp.PID())
 			if err != nil {
 				t.Fatal(err)
 			}
-			return p.Found()[0]
+			return found[0]
 		}
 		steps := []string{"locked", "located", "recorded", "checked", "written", "released"}
 		periods := []time.Duration{3 * time.Second, 4 * time.Second}
@@ -339,18 +354,18 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		}
 		// Writes landed where kptune was killed after them; reset restores the original period from
 		// the record.
-		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
+		if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err != nil {
 			t.Fatal(err)
 		}
 	})
 
 	t.Run("bad input", func(t *testing.T) {
 		d := time.Second
-		if _, err := Set(Options{PID: 999999999, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "no process") {
+		if _, err := Set(ctx, Options{PID: 999999999, Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "no process") {
 			t.Errorf("missing pid: %v", err)
 		}
 		far := 45 * time.Second
-		_, err := Set(Options{PID: pairs[0].a.PID(), Change: patch.Change{MinInterval: &far}, Store: store, Log: quiet()})
+		_, err := Set(ctx, Options{PID: pairs[0].a.PID(), Change: patch.Change{MinInterval: &far}, Store: store, Log: quiet()})
 		if !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "--force") {
 			t.Errorf("a period past syncPeriod: %v", err)
 		}
@@ -359,7 +374,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 	t.Run("a corrupt or missing state record", func(t *testing.T) {
 		kp := pairs[0].b
 		d := 5 * time.Second
-		if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err != nil {
+		if _, err := Set(ctx, Options{PID: kp.PID(), Change: patch.Change{MinInterval: &d}, Store: store, Log: quiet()}); err != nil {
 			t.Fatal(err)
 		}
 		records, _ := filepath.Glob(filepath.Join(store.Dir, "records", fmt.Sprintf("%d-*.json", kp.PID())))
@@ -383,7 +398,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 			if err := os.WriteFile(records[0], []byte(bad), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "is corrupt") {
+			if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "is corrupt") {
 				t.Errorf("reset from a corrupt record: %v", err)
 			}
 			if got := fieldsMin(t, kp.PID()); got != d {
@@ -400,7 +415,7 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		if err := os.WriteFile(records[0], long, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "syncPeriod") {
+		if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "syncPeriod") {
 			t.Errorf("reset to a recorded 45s, above syncPeriod: %v", err)
 		}
 		if got := fieldsMin(t, kp.PID()); got != d {
@@ -429,11 +444,11 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		if err := os.Remove(records[0]); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Reset(Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
+		if _, err := Reset(ctx, Options{PID: kp.PID(), Store: store, Log: quiet()}); err == nil || !strings.Contains(err.Error(), "nothing to reset") {
 			t.Errorf("reset without a record: %v", err)
 		}
 		seven := 7 * time.Second
-		if _, err := Set(Options{PID: kp.PID(), Change: patch.Change{MinInterval: &seven}, Store: store, Log: quiet()}); err != nil {
+		if _, err := Set(ctx, Options{PID: kp.PID(), Change: patch.Change{MinInterval: &seven}, Store: store, Log: quiet()}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -465,11 +480,11 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 		if err == nil || !strings.Contains(msg, "exited before the write: nothing written") {
 			t.Fatalf("set across a restart: %v: %s (stdout %s)", err, msg, stdout.String())
 		}
-		p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+		found, err := target.Runners(ctx, kp.PID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := p.Found()[0].MinInterval; got != 7*time.Second {
+		if got := found[0].MinInterval; got != 7*time.Second {
 			t.Errorf("the restarted kube-proxy (pid %d, was %d) holds %v, want its own 7s", kp.PID(), old, got)
 		}
 		t.Logf("refused: %s", msg[strings.LastIndex(msg, "\n")+1:])
@@ -479,11 +494,11 @@ func TestSetOnRealKubeProxy(t *testing.T) {
 // fieldsMin reads the minInterval of the first runner of pid.
 func fieldsMin(t *testing.T, pid int) time.Duration {
 	t.Helper()
-	p, err := inspect.PID(context.Background(), pid, inspect.LocateOptions{Locator: inspect.ByScan})
+	found, err := target.Runners(context.Background(), pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p.Found()[0].MinInterval
+	return found[0].MinInterval
 }
 
 // syncBuffer is a bytes.Buffer safe to read while a process writes to it.
@@ -513,12 +528,12 @@ func ChurnOptions(services, endpoints int) testbed.ChurnOptions {
 // and qps, limit, burst (k8s ≤ 1.33) or retryInterval (k8s ≥ 1.34).
 func fields(t *testing.T, pid int) []byte {
 	t.Helper()
-	_, b, err := inspect.Open(pid)
+	p, err := target.Open(context.Background(), pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	lt, err := inspect.Target(pid, b)
+	defer p.Close()
+	lt, err := locate.TargetOf(pid, p.Binary())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,7 +545,7 @@ func fields(t *testing.T, pid int) []byte {
 	var out []byte
 	read := func(addr uint64, n int) {
 		buf := make([]byte, n)
-		if err := lt.Mem.ReadAt(buf, addr); err != nil {
+		if err := lt.Mem.ReadMem(buf, addr); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, buf...)

@@ -24,7 +24,6 @@ import (
 
 	"kptune/internal/freeze"
 	"kptune/internal/gobin"
-	"kptune/internal/inspect"
 	"kptune/internal/locate"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
@@ -168,7 +167,7 @@ func BenchmarkLocate(b *testing.B) {
 	}
 	defer bin.Close()
 	pid := e.kp.PID()
-	t, err := inspect.Target(pid, bin)
+	t, err := locate.TargetOf(pid, bin)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -22,9 +22,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"kptune/internal/inspect"
 	"kptune/internal/kpmetrics"
 	"kptune/internal/procfs"
+	"kptune/internal/target"
 	"kptune/test/testbed"
 )
 
@@ -325,11 +325,10 @@ func kptune(ctx context.Context, o Options, args ...string) ([]byte, error) {
 
 // currentPeriod reads the period kube-proxy's runner holds (the agent may have changed it).
 func currentPeriod(ctx context.Context, kp *testbed.KubeProxy) (time.Duration, error) {
-	p, err := inspect.PID(ctx, kp.PID(), inspect.LocateOptions{Locator: inspect.ByScan})
+	found, err := target.Runners(ctx, kp.PID())
 	if err != nil {
 		return 0, err
 	}
-	found := p.Found()
 	if len(found) == 0 {
 		return 0, fmt.Errorf("no runner found in kube-proxy %d", kp.PID())
 	}

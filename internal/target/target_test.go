@@ -1,4 +1,4 @@
-package inspect
+package target
 
 import (
 	"context"
@@ -49,11 +49,15 @@ func TestLocateFixtures(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer b.Close()
-			tg, found, err := LocateTarget(context.Background(), fx.PID, b)
-			l := tg.Layout
+			tg, err := locate.TargetOf(fx.PID, b)
 			if err != nil {
 				t.Fatal(err)
 			}
+			found, err := locate.Scan(ctx, tg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := tg.Layout
 			if l.Source != "type descriptors" {
 				t.Errorf("layout from %s, want type descriptors", l.Source)
 			}
@@ -84,7 +88,9 @@ func TestLocateFixtures(t *testing.T) {
 	}
 }
 
-func TestPIDBadInput(t *testing.T) {
+// TestOpenBadInput: a PID that names no process, or a process that is not a kube-proxy, is refused
+// with a line that says what to do.
+func TestOpenBadInput(t *testing.T) {
 	needRoot(t)
 	for _, tc := range []struct {
 		pid  int
@@ -93,7 +99,7 @@ func TestPIDBadInput(t *testing.T) {
 		{999999999, "no process 999999999"},
 		{os.Getpid(), "not a kube-proxy"},
 	} {
-		if _, err := PID(context.Background(), tc.pid, DefaultLocate); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := Open(context.Background(), tc.pid); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("pid %d: got %v, want %q", tc.pid, err, tc.want)
 		}
 	}

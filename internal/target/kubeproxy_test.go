@@ -1,10 +1,12 @@
-package inspect
+package target
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,6 +50,12 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		{Build: testbed.Build{Version: "v1.37.2"}, Mode: testbed.NFTables, DualStack: true},
 	} {
 		o.MinSyncPeriod, o.SyncPeriod = period, sync
+		if o.Mode == testbed.IPTables {
+			// A uprobe is set on an executable's inode, in every process that runs it: this one,
+			// which killedWhileProbing watches for the uprobe's breakpoint, runs a copy of its own,
+			// out of reach of the uprobes other packages' tests set at the same time.
+			o.Binary = ownCopy(ctx, t, o.Build)
+		}
 		kp, err := c.StartKubeProxy(ctx, o)
 		if err != nil {
 			t.Fatal(err)
@@ -72,13 +80,13 @@ func TestInspectRealKubeProxy(t *testing.T) {
 
 	// Quiet: the uprobe has nothing to capture, and says so.
 	quiet := LocateOptions{Locator: ByUprobe, Probe: probe.Options{Timeout: 2 * time.Second, Settle: 200 * time.Millisecond}}
-	if _, err := PID(ctx, wants[0].kp.PID(), quiet); !errors.Is(err, probe.ErrNoCall) {
+	if err := locateOne(ctx, t, wants[0].kp.PID(), quiet); !errors.Is(err, probe.ErrNoCall) {
 		t.Errorf("uprobe in a quiet cluster: %v, want %v", err, probe.ErrNoCall)
 	}
 
 	killedWhileProbing(t, wants[0].kp)
 
-	all, err := All(ctx, DefaultLocate)
+	all, err := Discover()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,21 +99,26 @@ func TestInspectRealKubeProxy(t *testing.T) {
 	both := LocateOptions{Locator: ByBoth, Probe: probe.Options{Timeout: 20 * time.Second, Settle: 500 * time.Millisecond}}
 	for _, w := range wants {
 		start := time.Now()
-		p, err := PID(ctx, w.kp.PID(), both)
+		p, err := Open(ctx, w.kp.PID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s: %d runners in %v, located by %s", w.version, len(p.Runners), time.Since(start), p.Locator)
-		if p.Locator != "scan+uprobe" {
-			t.Errorf("located by %q, want scan+uprobe", p.Locator)
+		defer p.Close()
+		if err := p.Locate(ctx, both); err != nil {
+			t.Fatal(err)
 		}
-		if p.K8sVersion != w.version || p.Generation != string(w.gen) || p.ProxyMode != w.kp.Options.Mode {
-			t.Errorf("pid %d: version %s generation %s mode %s, want %s %s %s", p.PID, p.K8sVersion, p.Generation, p.ProxyMode, w.version, w.gen, w.kp.Options.Mode)
+		found := p.Runners()
+		t.Logf("%s: %d runners in %v, located by %s", w.version, len(found), time.Since(start), p.FoundBy())
+		if p.FoundBy() != "scan+uprobe" {
+			t.Errorf("located by %q, want scan+uprobe", p.FoundBy())
 		}
-		if len(p.Runners) != w.runners {
-			t.Fatalf("pid %d: %d runners, want %d: %+v", p.PID, len(p.Runners), w.runners, p.Runners)
+		if p.K8sVersion() != w.version || p.Layout().Generation != w.gen || p.ProxyMode() != w.kp.Options.Mode {
+			t.Errorf("pid %d: version %s generation %s mode %s, want %s %s %s", p.PID, p.K8sVersion(), p.Layout().Generation, p.ProxyMode(), w.version, w.gen, w.kp.Options.Mode)
 		}
-		for _, f := range p.Found() {
+		if len(found) != w.runners {
+			t.Fatalf("pid %d: %d runners, want %d: %+v", p.PID, len(found), w.runners, found)
+		}
+		for _, f := range found {
 			if f.MinInterval != period || !f.Patchable {
 				t.Errorf("runner %#x: min %v patchable %v, want %v", f.Address, f.MinInterval, f.Patchable, period)
 			}
@@ -119,15 +132,15 @@ func TestInspectRealKubeProxy(t *testing.T) {
 			}
 		}
 		listed := false
-		for _, q := range all.Processes {
-			listed = listed || (q.PID == p.PID && len(q.Runners) == w.runners)
+		for _, q := range all {
+			listed = listed || (q.PID == p.PID && q.StartTime == p.StartTime)
 		}
 		if !listed {
-			t.Errorf("inspecting all processes did not list pid %d with its %d runners", p.PID, w.runners)
+			t.Errorf("discovering the node's kube-proxies did not list pid %d", p.PID)
 		}
-		checkValueLayout(t, w.kp, p.Found(), locate.Periods{MinSync: period, Sync: sync})
+		checkValueLayout(t, w.kp, found, locate.Periods{MinSync: period, Sync: sync})
 		if w.gen == locate.Runner {
-			checkProxierSearch(t, w.kp, p.Found())
+			checkProxierSearch(t, w.kp, found)
 		}
 	}
 }
@@ -136,16 +149,16 @@ func TestInspectRealKubeProxy(t *testing.T) {
 // DWARF are unreadable), the uprobe finds the runners by searching the proxier for them.
 func checkProxierSearch(t *testing.T, kp *testbed.KubeProxy, found []locate.Found) {
 	t.Helper()
-	_, b, err := Open(kp.PID())
+	p, err := Open(context.Background(), kp.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	tg, err := Target(kp.PID(), b)
+	defer p.Close()
+	tg, err := locate.TargetOf(kp.PID(), p.Binary())
 	if err != nil {
 		t.Fatal(err)
 	}
-	points, err := probe.Points(b, tg.Layout.Generation)
+	points, err := probe.Points(p.Binary(), tg.Layout.Generation)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,16 +186,16 @@ func checkProxierSearch(t *testing.T, kp *testbed.KubeProxy, found []locate.Foun
 func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found, want locate.Periods) {
 	t.Helper()
 	ctx := context.Background()
-	proc, b, err := Open(kp.PID())
+	p, err := Open(ctx, kp.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	periods, err := Periods(ctx, proc)
+	defer p.Close()
+	periods, err := p.Periods(ctx)
 	if err != nil || periods != want {
 		t.Fatalf("periods from /configz %+v (%v), want %+v", periods, err, want)
 	}
-	tg, err := Target(kp.PID(), b)
+	tg, err := locate.TargetOf(kp.PID(), p.Binary())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,15 +208,14 @@ func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found,
 			t.Errorf("runner %#x: layout from values\n%+v\nfrom type descriptors\n%+v", f.Address, l, tg.Layout)
 		}
 	}
-	builtin := tg
-	builtin.Layout = locate.Builtin(tg.Layout.Generation)
-	if err := confirmBuiltin(ctx, kp.PID(), &builtin, found[0]); err != nil || !strings.HasSuffix(builtin.Layout.Source, "confirmed by values") {
-		t.Errorf("built-in table: %v, source %q", err, builtin.Layout.Source)
+	p.scan = tg
+	p.scan.Layout = locate.Builtin(tg.Layout.Generation)
+	if err := confirmBuiltin(ctx, p, found[0]); err != nil || !p.Layout().Confirmed || !strings.HasSuffix(p.Layout().Describe(), "confirmed by values") {
+		t.Errorf("built-in table: %v, source %q", err, p.Layout().Describe())
 	}
-	wrong := tg
-	wrong.Layout = locate.Builtin(tg.Layout.Generation)
-	wrong.Layout.MaxInterval += 8
-	if err := confirmBuiltin(ctx, kp.PID(), &wrong, found[0]); err == nil || !strings.Contains(err.Error(), "disagrees") {
+	p.scan.Layout = locate.Builtin(tg.Layout.Generation)
+	p.scan.Layout.MaxInterval += 8
+	if err := confirmBuiltin(ctx, p, found[0]); err == nil || !strings.Contains(err.Error(), "disagrees") {
 		t.Errorf("a wrong built-in table: %v", err)
 	}
 }
@@ -217,18 +229,19 @@ func killedWhileProbing(t *testing.T, kp *testbed.KubeProxy) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, b, err := Open(kp.PID())
+	p, err := Open(context.Background(), kp.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	defer p.Close()
+	b := p.Binary()
 	entry, _, ok := b.Func(locate.AsyncTryRun)
 	if !ok || b.PIE {
 		t.Fatalf("no tryRun at a fixed address (PIE %v)", b.PIE)
 	}
 	code := func() byte {
 		var c [1]byte
-		if err := (memory.Process{PID: kp.PID()}).ReadAt(c[:], entry); err != nil {
+		if err := (memory.Process{PID: kp.PID()}).ReadMem(c[:], entry); err != nil {
 			t.Fatal(err)
 		}
 		return c[0]
@@ -259,13 +272,42 @@ func killedWhileProbing(t *testing.T, kp *testbed.KubeProxy) {
 		if got := code(); got != original {
 			t.Fatalf("round %d: tryRun starts with %#x after kptune was killed, want %#x", round, got, original)
 		}
-		p, err := procfs.Get(kp.PID())
+		st, err := procfs.Get(kp.PID())
 		if err != nil {
 			t.Fatal(err)
 		}
 		tracer, err := freeze.TracerPID(kp.PID())
-		if err != nil || tracer != 0 || p.State == 't' || p.State == 'T' || p.State == 'Z' {
-			t.Fatalf("round %d: kube-proxy is in state %c, traced by %d (%v)", round, p.State, tracer, err)
+		if err != nil || tracer != 0 || st.State == 't' || st.State == 'T' || st.State == 'Z' {
+			t.Fatalf("round %d: kube-proxy is in state %c, traced by %d (%v)", round, st.State, tracer, err)
 		}
 	}
+}
+
+// locateOne opens process pid and locates its runners with o.
+func locateOne(ctx context.Context, t *testing.T, pid int, o LocateOptions) error {
+	t.Helper()
+	p, err := Open(ctx, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	return p.Locate(ctx, o)
+}
+
+// ownCopy copies build's kube-proxy to a file of the test's own.
+func ownCopy(ctx context.Context, t *testing.T, build testbed.Build) string {
+	t.Helper()
+	src, err := build.KubeProxy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "kube-proxy")
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }

@@ -1,4 +1,4 @@
-package inspect
+package target
 
 import (
 	"context"
@@ -27,9 +27,9 @@ func TestFakeKubeProxies(t *testing.T) {
 	}
 	refused := func(what string, pid int, want string) {
 		t.Helper()
-		_, b, err := Open(pid)
+		p, err := Open(ctx, pid)
 		if err == nil {
-			b.Close()
+			p.Close()
 			t.Fatalf("%s: taken for a kube-proxy", what)
 		}
 		if !errors.Is(err, ErrNotKubeProxy) || !errors.Is(err, ErrSuspect) || !strings.Contains(err.Error(), want) {
@@ -46,41 +46,35 @@ func TestFakeKubeProxies(t *testing.T) {
 	// It passes for a kube-proxy, and its runner type is 2^49 bytes: the layout is refused, and
 	// nothing sized by it is allocated.
 	pid := start(testbed.FakeHugeRunner, 0)
-	_, b, err := Open(pid)
+	p, err := Open(ctx, pid)
 	if err != nil {
 		t.Fatalf("the fake with client-go, as root: %v", err)
 	}
-	defer b.Close()
-	if _, err := locate.LayoutOf(b); err == nil || !strings.Contains(err.Error(), "larger than kube-proxy's") {
+	defer p.Close()
+	if _, err := locate.LayoutOf(p.Binary()); err == nil || !strings.Contains(err.Error(), "larger than kube-proxy's") {
 		t.Errorf("the layout of a runner of 2^49 bytes: %v", err)
 	}
-	if _, _, _, err := LocateBy(ctx, pid, b, LocateOptions{Locator: ByScan}); err == nil {
-		t.Errorf("runners located in the fake with a 2^49-byte runner")
+	if err := p.Locate(ctx, LocateOptions{Locator: ByScan}); !errors.Is(err, locate.ErrLayout) {
+		t.Errorf("runners located in the fake with a 2^49-byte runner: %v", err)
 	} else {
 		t.Logf("locate: %v", err)
 	}
-	rep, err := All(ctx, LocateOptions{Locator: ByScan})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range rep.Processes {
-		if p.PID == pid && p.Error == "" {
-			t.Errorf("inspect reports runners in the fake: %+v", p)
-		}
+	if _, err := p.Revalidate(); !errors.Is(err, ErrNoRunner) {
+		t.Errorf("the fake's runners read again after a failed locate: %v", err)
 	}
 
 	// It passes for a kube-proxy, with a runner type of the right shape, and maps 64 GiB (one page
 	// touched a GiB): the scan refuses it at once rather than reading 64 GiB.
 	pid = start(testbed.FakeWithClientGo, 0, "-map", "68719476736")
-	_, b, err = Open(pid)
+	big, err := Open(ctx, pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	defer big.Close()
 	begin := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	_, _, err = LocateTarget(sctx, pid, b)
+	err = big.Locate(sctx, LocateOptions{Locator: ByScan})
 	took := time.Since(begin)
 	if !errors.Is(err, locate.ErrScanLimit) {
 		t.Fatalf("the scan of a process with 64 GiB mapped: %v after %v; want the scan's limit", err, took)

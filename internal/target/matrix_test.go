@@ -1,6 +1,6 @@
 //go:build matrix
 
-package inspect
+package target
 
 import (
 	"context"
@@ -71,8 +71,12 @@ func TestMatrix(t *testing.T) {
 			defer b.Close()
 			checkLayouts(t, b, tg.Build.Debug)
 
-			p, err := PID(ctx, kp.PID(), both)
+			p, err := Open(ctx, kp.PID())
 			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := p.Locate(ctx, both); err != nil {
 				t.Fatal(err)
 			}
 			wantMin, wantMax, wantSync := period, time.Hour, sync
@@ -88,10 +92,10 @@ func TestMatrix(t *testing.T) {
 			if tg.DualStack && wantRunners != 2 {
 				t.Fatalf("a dual-stack node, and kube-proxy runs %d proxiers", wantRunners)
 			}
-			if p.K8sVersion != tg.Build.Version || len(p.Found()) != wantRunners {
-				t.Fatalf("version %s, %d runners; want %s and %d", p.K8sVersion, len(p.Found()), tg.Build.Version, wantRunners)
+			if p.K8sVersion() != tg.Build.Version || len(p.Runners()) != wantRunners {
+				t.Fatalf("version %s, %d runners; want %s and %d", p.K8sVersion(), len(p.Runners()), tg.Build.Version, wantRunners)
 			}
-			for _, f := range p.Found() {
+			for _, f := range p.Runners() {
 				if f.MinInterval != wantMin || f.MaxInterval != wantMax || !f.Patchable {
 					t.Errorf("runner %#x: min %v max %v patchable %v (%s), want %v %v", f.Address, f.MinInterval, f.MaxInterval, f.Patchable, f.Reason, wantMin, wantMax)
 				}
@@ -103,11 +107,11 @@ func TestMatrix(t *testing.T) {
 					t.Errorf("runner %#x: qps %v limit %v burst %d, want %v %v 2", f.Address, f.QPS, f.Limit, f.Burst, want, float64(want))
 				}
 			}
-			if p.Locator != "scan+uprobe" {
-				t.Errorf("located by %q, want scan+uprobe", p.Locator)
+			if p.FoundBy() != "scan+uprobe" {
+				t.Errorf("located by %q, want scan+uprobe", p.FoundBy())
 			}
-			checkValueLayout(t, kp, p.Found(), locate.Periods{MinSync: wantMin, Sync: wantSync})
-			t.Logf("%s: %s runners %d, min %v, layout from %s, located by %s", tg, p.Generation, len(p.Found()), wantMin, p.LayoutSource, p.Locator)
+			checkValueLayout(t, kp, p.Runners(), locate.Periods{MinSync: wantMin, Sync: wantSync})
+			t.Logf("%s: %s runners %d, min %v, layout from %s, located by %s", tg, p.Layout().Generation, len(p.Runners()), wantMin, p.Layout().Describe(), p.FoundBy())
 		})
 	}
 }
