@@ -98,7 +98,7 @@ test-unit:
 # The whole version and build matrix (long: about 7 minutes a cold build).
 test-matrix:
 	./test/setup.sh --matrix
-	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/inspect/
+	$(GO) test -count=1 -timeout 300m -tags matrix -run TestMatrix -v ./internal/target/
 
 # make bench: kptune's own benchmarks, then the churn bench.
 # kptune's benchmarks on real kube-proxy at 5k Services x 10 endpoints (KPTUNE_BENCH_SERVICES, _ENDPOINTS):

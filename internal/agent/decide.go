@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/policy"
 	"kptune/internal/procfs"
@@ -122,7 +123,7 @@ func (a *Agent) locate(ctx context.Context, mp *managed, now time.Time) bool {
 	err := mp.kp.locate(lctx)
 	cancel()
 	switch {
-	case (errors.Is(err, locate.ErrLayout) || errors.Is(err, locate.ErrScanLimit)) && mp.kp.alive():
+	case (errors.Is(err, layout.ErrNoLayout) || errors.Is(err, locate.ErrScanLimit)) && mp.kp.alive():
 		// What its binary declares, or what it maps, is beyond any kube-proxy: for good.
 		a.refuse(mp.proc.PID, "locate", err)
 		mp.gaveUp = true

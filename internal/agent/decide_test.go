@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/procfs"
 	"kptune/internal/target"
@@ -320,7 +321,7 @@ func TestDecisions(t *testing.T) {
 		}},
 		{"a layout beyond any kube-proxy: refused for good", static(3 * time.Second), func(t *testing.T, b *bench) {
 			kp := b.kubeProxy(10, 1, time.Second)
-			kp.locateErr = []error{fmt.Errorf("pid 10: runner type larger than kube-proxy's: %w", locate.ErrLayout)}
+			kp.locateErr = []error{fmt.Errorf("pid 10: runner type larger than kube-proxy's: %w", layout.ErrNoLayout)}
 			b.rounds(4, 2*time.Second)
 			if kp.locates != 1 || !kp.closed || b.opened[10] != 1 || testutil.ToFloat64(b.a.m.refused.WithLabelValues("locate")) != 1 {
 				t.Errorf("locates %d closed %v opened %d", kp.locates, kp.closed, b.opened[10])

@@ -29,7 +29,7 @@ type node struct {
 // period is to change.
 type kubeProxy interface {
 	version() string
-	// locate finds its sync runners (a scan); an error wrapping locate.ErrLayout or
+	// locate finds its sync runners (a scan); an error wrapping layout.ErrNoLayout or
 	// locate.ErrScanLimit refuses the process for good.
 	locate(ctx context.Context) error
 	// read reads the runners again, without a scan; an error means they are to be located again.

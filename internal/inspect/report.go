@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/target"
 )
@@ -93,12 +94,12 @@ func PID(ctx context.Context, pid int, o target.LocateOptions) (Process, error) 
 	return out, nil
 }
 
-func runner(f locate.Found, gen locate.Generation) Runner {
+func runner(f locate.Found, gen layout.Generation) Runner {
 	r := Runner{
 		Address: fmt.Sprintf("%#x", f.Address), MinInterval: f.MinInterval.String(), MaxInterval: f.MaxInterval.String(),
 		Patchable: f.Patchable, Reason: f.Reason,
 	}
-	if gen == locate.Runner {
+	if gen == layout.Runner {
 		r.RetryInterval = f.RetryInterval.String()
 	} else if f.LimitAddr != 0 {
 		qps, limit, burst := f.QPS, f.Limit, f.Burst

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
@@ -88,7 +89,7 @@ func FuzzValidate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	layout, err := locate.LayoutOf(bin)
+	layout, err := layout.Of(bin)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -147,8 +148,8 @@ func FuzzLayout(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, st := range [][2]string{{"async.BoundedFrequencyRunner", locate.AsyncPkg}, {"flowcontrol.tokenBucketRateLimiter", locate.FlowcontrolPkg},
-		{"flowcontrol.tokenBucketPassiveRateLimiter", locate.FlowcontrolPkg}, {"rate.Limiter", locate.RatePkg}} {
+	for _, st := range [][2]string{{"async.BoundedFrequencyRunner", layout.AsyncPkg}, {"flowcontrol.tokenBucketRateLimiter", layout.FlowcontrolPkg},
+		{"flowcontrol.tokenBucketPassiveRateLimiter", layout.FlowcontrolPkg}, {"rate.Limiter", layout.RatePkg}} {
 		s, err := bin.StructType(st[0], st[1])
 		if err != nil {
 			f.Fatal(err)
@@ -167,19 +168,19 @@ func FuzzLayout(f *testing.F) {
 		if err != nil {
 			return
 		}
-		l, err := locate.LayoutOf(b)
+		l, err := layout.Of(b)
 		if err != nil {
 			return
 		}
 		if err := l.Check(); err != nil {
-			t.Fatalf("LayoutOf returned a layout that fails its check: %v (%+v)", err, l)
+			t.Fatalf("layout.Of returned a layout that fails its check: %v (%+v)", err, l)
 		}
 		scanAndValidate(t, decode(image), b, l, addr)
 	})
 }
 
 // scanAndValidate scans the image and validates addr in it: what either returns must validate again.
-func scanAndValidate(t *testing.T, segs segments, b *gobin.Binary, l locate.Layout, addr uint64) locate.Target {
+func scanAndValidate(t *testing.T, segs segments, b *gobin.Binary, l layout.Layout, addr uint64) locate.Target {
 	tg := locate.Target{Mem: segs, Binary: b, Layout: l}
 	for _, g := range segs {
 		if len(g.data) > 0 && g.addr+uint64(len(g.data)) > g.addr {

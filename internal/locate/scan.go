@@ -1,3 +1,10 @@
+// Package locate finds kube-proxy's sync runners in a live process, by the binary's runner layout
+// (package layout), and reads the values they live by: a scan of the process's writable memory for
+// the runner's signature (its name string header pointing at the binary's "sync-runner" bytes,
+// plausible durations, its run channel (buffered, one slot, empty elements), and in the old
+// generation a limiter whose dynamic type is the token bucket and whose qps, limit and burst agree),
+// then each runner read again at its address without a scan. It also infers a layout from a runner's
+// values, to confirm the built-in one. Nothing is written and nothing is stopped.
 package locate
 
 import (
@@ -12,6 +19,7 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
 )
@@ -41,7 +49,7 @@ type Target struct {
 	Maps   []procfs.Mapping
 	Bias   uint64 // load bias of the executable (PIE), 0 otherwise
 	Binary *gobin.Binary
-	Layout Layout
+	Layout layout.Layout
 	// ScanLimit bounds the bytes the scan reads (0: MaxScan).
 	ScanLimit uint64
 }
@@ -49,7 +57,7 @@ type Target struct {
 // TargetOf prepares the scan of live process pid, whose executable b is: its layout, mappings and
 // load bias.
 func TargetOf(pid int, b *gobin.Binary) (Target, error) {
-	l, err := LayoutOf(b)
+	l, err := layout.Of(b)
 	if err != nil {
 		return Target{}, err
 	}
@@ -243,7 +251,7 @@ func validate(t Target, addr uint64) (Found, bool) {
 	if word(l.Fn) == 0 || !runChannel(t.Mem, word(l.Run)) {
 		return Found{}, false
 	}
-	if l.Generation == Runner {
+	if l.Generation == layout.Runner {
 		f.RetryInterval = time.Duration(word(l.RetryInterval))
 		if f.RetryInterval <= 0 || !plausible(int64(f.RetryInterval)) {
 			return Found{}, false

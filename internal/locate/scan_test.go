@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 
+	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
 	"kptune/test/testbed"
@@ -37,4 +39,23 @@ func TestScanStopsWhenTheProcessExits(t *testing.T) {
 	if found, err := Scan(context.Background(), Target{Mem: snap, Maps: maps, Binary: b, Layout: l}); err != nil || len(found) != 0 {
 		t.Fatalf("empty memory: %v, %v", found, err)
 	}
+}
+
+// openFixture analyses a fixture binary and reads its layout.
+func openFixture(t *testing.T, build testbed.Build, fixture string) (*gobin.Binary, layout.Layout) {
+	t.Helper()
+	path, err := build.Fixture(context.Background(), fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := gobin.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	l, err := layout.Of(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, l
 }

@@ -1,6 +1,8 @@
 package locate
 
 import (
+	"kptune/internal/layout"
+
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -31,29 +33,21 @@ const (
 
 // LayoutFromProcess observes the runner at addr twice, gap apart, and derives its layout from its
 // values (LayoutFromValues).
-func LayoutFromProcess(ctx context.Context, t Target, addr uint64, p Periods, gap time.Duration) (Layout, error) {
+func LayoutFromProcess(ctx context.Context, t Target, addr uint64, p Periods, gap time.Duration) (layout.Layout, error) {
 	first, err := Observe(t, addr)
 	if err != nil {
-		return Layout{}, err
+		return layout.Layout{}, err
 	}
 	select {
 	case <-ctx.Done():
-		return Layout{}, ctx.Err()
+		return layout.Layout{}, ctx.Err()
 	case <-time.After(gap):
 	}
 	second, err := Observe(t, addr)
 	if err != nil {
-		return Layout{}, err
+		return layout.Layout{}, err
 	}
 	return LayoutFromValues(t, addr, first, second, p)
-}
-
-// SameFields reports whether two layouts put every field kptune reads or writes at the same offset
-// (sources, sizes and the token bucket's descriptor aside).
-func SameFields(a, b Layout) bool {
-	a.Source, b.Source, a.RunnerSize, b.RunnerSize, a.TokenBucketType, b.TokenBucketType = "", "", 0, 0, 0, 0
-	a.Unconfirmed, b.Unconfirmed, a.Confirmed, b.Confirmed = "", "", false, false
-	return a == b
 }
 
 // Observe reads a runner's first bytes.
@@ -76,9 +70,9 @@ func Observe(t Target, addr uint64) (Observation, error) {
 //
 // The result keeps t.Layout's generation; its RunnerSize covers the fields found (the runner's true
 // size is not in its values).
-func LayoutFromValues(t Target, addr uint64, first, second Observation, p Periods) (Layout, error) {
+func LayoutFromValues(t Target, addr uint64, first, second Observation, p Periods) (layout.Layout, error) {
 	gen := t.Layout.Generation
-	l := Layout{Generation: gen, Source: "values"}
+	l := layout.Layout{Generation: gen, Source: "values"}
 	if len(first) < runnerScan || len(second) < runnerScan {
 		return l, errors.New("runner observations are too short")
 	}
@@ -110,7 +104,7 @@ func LayoutFromValues(t Target, addr uint64, first, second Observation, p Period
 		return l, fmt.Errorf("runner %#x: no field holds the configured minSyncPeriod %v", addr, p.MinSync)
 	}
 	after := l.MinInterval + 8
-	if gen == Runner {
+	if gen == layout.Runner {
 		if l.RetryInterval, found = next(after, func(off uint64) bool { return stable(off) && w1(off) == uint64(p.Sync) }); !found {
 			return l, fmt.Errorf("runner %#x: no field after minInterval holds the configured syncPeriod %v", addr, p.Sync)
 		}
@@ -129,7 +123,7 @@ func LayoutFromValues(t Target, addr uint64, first, second Observation, p Period
 		return l, fmt.Errorf("runner %#x: no function value after the run channel", addr)
 	}
 	l.RunnerSize = max(l.Fn, l.MaxInterval, l.RetryInterval) + 8
-	if gen == Runner {
+	if gen == layout.Runner {
 		return l, nil
 	}
 	if l.Limiter, found = next(l.Fn+8, func(off uint64) bool {
@@ -171,7 +165,7 @@ func isFuncValue(t Target, p uint64) bool {
 }
 
 // tokenBucket checks the limiter's data for the token bucket's relations and records the offsets.
-func tokenBucket(t Target, l *Layout, data uint64, qps float32) bool {
+func tokenBucket(t Target, l *layout.Layout, data uint64, qps float32) bool {
 	if data == 0 {
 		return false
 	}

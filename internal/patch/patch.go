@@ -21,6 +21,7 @@ import (
 	"math"
 	"time"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 )
 
@@ -84,7 +85,7 @@ func refuse(format string, a ...any) error {
 
 // Plan returns the writes that turn runner f into what a fresh start with the changed values would
 // hold, after checking the change is one kube-proxy itself would accept.
-func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
+func Plan(f locate.Found, l layout.Layout, c Change) (Values, []Write, error) {
 	if !f.Patchable {
 		return Values{}, nil, fmt.Errorf("%w: %w: runner %#x: %s", ErrRefused, ErrUnpatchable, f.Address, f.Reason)
 	}
@@ -93,7 +94,7 @@ func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
 		v.MinInterval = *c.MinInterval
 	}
 	if c.MaxInterval != nil || c.RetryInterval != nil {
-		if l.Generation != locate.Runner {
+		if l.Generation != layout.Runner {
 			return Values{}, nil, refuse("--retry-period and --full-sync-period exist only in the k8s ≥ 1.34 runner; this one is k8s ≤ 1.33")
 		}
 		if c.MaxInterval != nil {
@@ -107,7 +108,7 @@ func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
 		}
 	}
 	if c.Burst != nil {
-		if l.Generation != locate.Async {
+		if l.Generation != layout.Async {
 			return Values{}, nil, refuse("--burst exists only in the k8s ≤ 1.33 runner (the ≥ 1.34 runner has no burst)")
 		}
 		if *c.Burst < 1 || *c.Burst > 1000 {
@@ -118,7 +119,7 @@ func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
 	switch {
 	case v.MinInterval < 0:
 		return Values{}, nil, refuse("minimum sync period %v: must not be negative", v.MinInterval)
-	case v.MinInterval == 0 && l.Generation == locate.Async:
+	case v.MinInterval == 0 && l.Generation == layout.Async:
 		return Values{}, nil, refuse("minimum sync period 0: in k8s ≤ 1.33 a period of 0 means a different (no-op) limiter, which cannot be swapped in place; use a small period such as 10ms, or restart kube-proxy")
 	case v.MaxInterval < v.MinInterval:
 		return Values{}, nil, refuse("minimum sync period %v is longer than the runner's maximum interval %v", v.MinInterval, v.MaxInterval)
@@ -132,7 +133,7 @@ func Plan(f locate.Found, l locate.Layout, c Change) (Values, []Write, error) {
 		}
 	}
 	add("minInterval", f.Address+l.MinInterval, dur(f.MinInterval), dur(v.MinInterval))
-	if l.Generation == locate.Runner {
+	if l.Generation == layout.Runner {
 		add("retryInterval", f.Address+l.RetryInterval, dur(f.RetryInterval), dur(v.RetryInterval))
 		add("maxInterval", f.Address+l.MaxInterval, dur(f.MaxInterval), dur(v.MaxInterval))
 		return v, ws, nil

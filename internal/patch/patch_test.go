@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/procfs"
@@ -67,7 +68,7 @@ func tuned(t *testing.T, l live) map[string][]byte {
 	t.Helper()
 	f, lay := l.found, l.target.Locate.Layout
 	fields := map[string][2]uint64{"minInterval": {f.Address + lay.MinInterval, 8}}
-	if lay.Generation == locate.Async {
+	if lay.Generation == layout.Async {
 		fields["qps"] = [2]uint64{f.QPSAddr, 4}
 		fields["limit"] = [2]uint64{f.LimitAddr + lay.RateLimit, 8}
 		fields["burst"] = [2]uint64{f.LimitAddr + lay.RateBurst, 8}
@@ -164,12 +165,12 @@ func TestApplyRefusesAnotherProcess(t *testing.T) {
 func TestPlanRefusals(t *testing.T) {
 	old := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, QPS: 1, Limit: 1, Burst: 2, LimitAddr: 0x2000, QPSAddr: 0x3008, Patchable: true}
 	cur := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, RetryInterval: 30 * time.Second, Patchable: true}
-	asyncL, runnerL := locate.Builtin(locate.Async), locate.Builtin(locate.Runner)
+	asyncL, runnerL := layout.Builtin(layout.Async), layout.Builtin(layout.Runner)
 	dur := func(d time.Duration) *time.Duration { return &d }
 	n := func(v int64) *int64 { return &v }
 	for _, tc := range []struct {
 		f    locate.Found
-		l    locate.Layout
+		l    layout.Layout
 		c    Change
 		want string
 	}{

@@ -23,7 +23,7 @@ import (
 	"strings"
 
 	"kptune/internal/gobin"
-	"kptune/internal/locate"
+	"kptune/internal/layout"
 )
 
 // Point is one probed function.
@@ -60,7 +60,7 @@ const searchProxier = 1024
 var ProxyModes = []string{"iptables", "nftables", "ipvs"}
 
 // Points returns where to probe a binary of generation gen.
-func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
+func Points(b *gobin.Binary, gen layout.Generation) ([]Point, error) {
 	if err := b.FuncTableErr(); err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
 			field = Search // a proxier whose type descriptor and DWARF are unreadable
 		}
 		proxiers["*"+mode+".Proxier"] = field
-		if gen == locate.Runner {
+		if gen == layout.Runner {
 			for _, fn := range []string{"Sync", "syncProxyRules"} {
 				if err := add(pkg+".(*Proxier)."+fn, field); err != nil {
 					return nil, err
@@ -96,8 +96,8 @@ func Points(b *gobin.Binary, gen locate.Generation) ([]Point, error) {
 			}
 		}
 	}
-	if gen == locate.Async {
-		if err := add(locate.AsyncTryRun, Self); err != nil {
+	if gen == layout.Async {
+		if err := add(layout.AsyncTryRun, Self); err != nil {
 			return nil, err
 		}
 	}

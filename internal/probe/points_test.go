@@ -13,7 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"kptune/internal/gobin"
-	"kptune/internal/locate"
+	"kptune/internal/layout"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
 )
@@ -26,13 +26,13 @@ func TestPoints(t *testing.T) {
 	for _, tc := range []struct {
 		build   testbed.Build
 		fixture string // "" for kube-proxy
-		gen     locate.Generation
+		gen     layout.Generation
 		points  int
 	}{
-		{testbed.Build{Version: "v1.33.5"}, "", locate.Async, 7},
-		{testbed.Build{Version: "v1.37.2"}, "", locate.Runner, 12},
+		{testbed.Build{Version: "v1.33.5"}, "", layout.Async, 7},
+		{testbed.Build{Version: "v1.37.2"}, "", layout.Runner, 12},
 		// PIE kube-proxies are probed end to end in `make test-matrix`; here a PIE fixture.
-		{testbed.Build{Version: "v1.33.5", PIE: true}, testbed.AsyncRunner, locate.Async, 1},
+		{testbed.Build{Version: "v1.33.5", PIE: true}, testbed.AsyncRunner, layout.Async, 1},
 	} {
 		t.Run(tc.build.String()+"/"+tc.fixture, func(t *testing.T) {
 			// Only what the case names: a PIE kube-proxy is a build of minutes that nothing else here needs.
@@ -75,8 +75,8 @@ func TestPoints(t *testing.T) {
 					if len(p.Via) != 2 || p.Via[1] != p.Via[0]+16 || len(p.Proxiers) != 3 {
 						t.Errorf("%s: via %v to %v, want both proxier interfaces and the three proxiers", p.Func, p.Via, p.Proxiers)
 					}
-				case tc.gen == locate.Async:
-					if p.Func != locate.AsyncTryRun || p.Field != -1 {
+				case tc.gen == layout.Async:
+					if p.Func != layout.AsyncTryRun || p.Field != -1 {
 						t.Errorf("old generation probes %s (field %d), want tryRun on the runner itself", p.Func, p.Field)
 					}
 				case !strings.Contains(p.Func, ".(*Proxier).") || p.Field <= 0:

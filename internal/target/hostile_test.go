@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/test/testbed"
 )
@@ -51,10 +52,10 @@ func TestFakeKubeProxies(t *testing.T) {
 		t.Fatalf("the fake with client-go, as root: %v", err)
 	}
 	defer p.Close()
-	if _, err := locate.LayoutOf(p.Binary()); err == nil || !strings.Contains(err.Error(), "larger than kube-proxy's") {
+	if _, err := layout.Of(p.Binary()); err == nil || !strings.Contains(err.Error(), "larger than kube-proxy's") {
 		t.Errorf("the layout of a runner of 2^49 bytes: %v", err)
 	}
-	if err := p.Locate(ctx, LocateOptions{Locator: ByScan}); !errors.Is(err, locate.ErrLayout) {
+	if err := p.Locate(ctx, LocateOptions{Locator: ByScan}); !errors.Is(err, layout.ErrNoLayout) {
 		t.Errorf("runners located in the fake with a 2^49-byte runner: %v", err)
 	} else {
 		t.Logf("locate: %v", err)

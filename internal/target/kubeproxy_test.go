@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"kptune/internal/freeze"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/probe"
@@ -41,7 +42,7 @@ func TestInspectRealKubeProxy(t *testing.T) {
 	type want struct {
 		kp      *testbed.KubeProxy
 		runners int
-		gen     locate.Generation
+		gen     layout.Generation
 		version string
 	}
 	var wants []want
@@ -60,12 +61,12 @@ func TestInspectRealKubeProxy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := want{kp: kp, runners: 1, gen: locate.Async, version: o.Build.Version}
+		w := want{kp: kp, runners: 1, gen: layout.Async, version: o.Build.Version}
 		if o.DualStack {
 			w.runners = 2
 		}
 		if testbed.Minor(o.Build.Version) >= 34 {
-			w.gen = locate.Runner
+			w.gen = layout.Runner
 		}
 		wants = append(wants, w)
 	}
@@ -122,7 +123,7 @@ func TestInspectRealKubeProxy(t *testing.T) {
 			if f.MinInterval != period || !f.Patchable {
 				t.Errorf("runner %#x: min %v patchable %v, want %v", f.Address, f.MinInterval, f.Patchable, period)
 			}
-			if w.gen == locate.Runner {
+			if w.gen == layout.Runner {
 				// ≥ 1.34 proxiers pass retry = syncPeriod and max = FullSyncPeriod (1h).
 				if f.RetryInterval != sync || f.MaxInterval != time.Hour {
 					t.Errorf("runner %#x: retry %v max %v, want %v and 1h", f.Address, f.RetryInterval, f.MaxInterval, sync)
@@ -139,7 +140,7 @@ func TestInspectRealKubeProxy(t *testing.T) {
 			t.Errorf("discovering the node's kube-proxies did not list pid %d", p.PID)
 		}
 		checkValueLayout(t, w.kp, found, locate.Periods{MinSync: period, Sync: sync})
-		if w.gen == locate.Runner {
+		if w.gen == layout.Runner {
 			checkProxierSearch(t, w.kp, found)
 		}
 	}
@@ -204,16 +205,16 @@ func checkValueLayout(t *testing.T, kp *testbed.KubeProxy, found []locate.Found,
 		if err != nil {
 			t.Fatalf("runner %#x: %v", f.Address, err)
 		}
-		if !locate.SameFields(l, tg.Layout) {
+		if !layout.SameFields(l, tg.Layout) {
 			t.Errorf("runner %#x: layout from values\n%+v\nfrom type descriptors\n%+v", f.Address, l, tg.Layout)
 		}
 	}
 	p.scan = tg
-	p.scan.Layout = locate.Builtin(tg.Layout.Generation)
+	p.scan.Layout = layout.Builtin(tg.Layout.Generation)
 	if err := confirmBuiltin(ctx, p, found[0]); err != nil || !p.Layout().Confirmed || !strings.HasSuffix(p.Layout().Describe(), "confirmed by values") {
 		t.Errorf("built-in table: %v, source %q", err, p.Layout().Describe())
 	}
-	p.scan.Layout = locate.Builtin(tg.Layout.Generation)
+	p.scan.Layout = layout.Builtin(tg.Layout.Generation)
 	p.scan.Layout.MaxInterval += 8
 	if err := confirmBuiltin(ctx, p, found[0]); err == nil || !strings.Contains(err.Error(), "disagrees") {
 		t.Errorf("a wrong built-in table: %v", err)
@@ -235,7 +236,7 @@ func killedWhileProbing(t *testing.T, kp *testbed.KubeProxy) {
 	}
 	defer p.Close()
 	b := p.Binary()
-	entry, _, ok := b.Func(locate.AsyncTryRun)
+	entry, _, ok := b.Func(layout.AsyncTryRun)
 	if !ok || b.PIE {
 		t.Fatalf("no tryRun at a fixed address (PIE %v)", b.PIE)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"kptune/internal/kpmetrics"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/probe"
 	"kptune/internal/procfs"
@@ -161,9 +162,9 @@ func periods(ctx context.Context, p procfs.Process) (locate.Periods, error) {
 func confirmBuiltin(ctx context.Context, p *Process, f locate.Found) error {
 	periods, err := p.Periods(ctx)
 	if err == nil {
-		var l locate.Layout
+		var l layout.Layout
 		l, err = locate.LayoutFromProcess(ctx, p.scan, f.Address, periods, confirmGap)
-		if err == nil && !locate.SameFields(l, p.scan.Layout) {
+		if err == nil && !layout.SameFields(l, p.scan.Layout) {
 			return fmt.Errorf("the built-in %s layout disagrees with the layout runner %#x's values give (%+v): a build kptune does not know, nothing will be written", p.scan.Layout.Generation, f.Address, l)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
@@ -119,14 +120,14 @@ func TestMatrix(t *testing.T) {
 // checkLayouts compares the layout sources of one binary.
 func checkLayouts(t *testing.T, b *gobin.Binary, debug bool) {
 	t.Helper()
-	l, err := locate.LayoutOf(b)
+	l, err := layout.Of(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l.Source != "type descriptors" {
 		t.Errorf("layout from %s, want type descriptors", l.Source)
 	}
-	table := locate.Builtin(l.Generation)
+	table := layout.Builtin(l.Generation)
 	l.Source, table.Source, l.TokenBucketType = "", "", 0
 	if l != table {
 		t.Errorf("type descriptors and built-in table differ:\n%+v\n%+v", l, table)
@@ -134,7 +135,7 @@ func checkLayouts(t *testing.T, b *gobin.Binary, debug bool) {
 	if !debug {
 		return
 	}
-	d, err := locate.LayoutFromDWARF(b)
+	d, err := layout.FromDWARF(b)
 	if err != nil {
 		t.Fatal(err)
 	}

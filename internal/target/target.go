@@ -12,6 +12,7 @@ import (
 
 	"kptune/internal/freeze"
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/patch"
@@ -111,7 +112,7 @@ func (p *Process) ProxyMode() string { return proxyMode(p.Cmdline) }
 func (p *Process) Located() bool { return len(p.runners) > 0 }
 
 // Layout is the runner layout the process was located with (zero before Locate).
-func (p *Process) Layout() locate.Layout { return p.scan.Layout }
+func (p *Process) Layout() layout.Layout { return p.scan.Layout }
 
 // FoundBy says which locator found the runners: "scan", "uprobe" or "scan+uprobe".
 func (p *Process) FoundBy() string { return p.by }
@@ -128,7 +129,7 @@ func (p *Process) Scan() locate.Target { return p.scan }
 func (p *Process) Locate(ctx context.Context, o LocateOptions) error {
 	t, found, by, err := locateBy(ctx, p, o)
 	p.scan, p.by = t, by
-	if err == nil && len(found) > 0 && t.Layout.Source == locate.BuiltinSource {
+	if err == nil && len(found) > 0 && t.Layout.Source == layout.BuiltinSource {
 		err = confirmBuiltin(ctx, p, found[0])
 	}
 	if err != nil {

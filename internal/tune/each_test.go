@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"kptune/internal/locate"
+	"kptune/internal/layout"
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
 	"kptune/internal/state"
@@ -47,7 +47,7 @@ func TestEveryProcessIsTried(t *testing.T) {
 // TestUnconfirmedLayoutIsRefused: a built-in layout that kube-proxy's values could not confirm is
 // written with only when forced (writes went ahead before).
 func TestUnconfirmedLayoutIsRefused(t *testing.T) {
-	l := locate.Builtin(locate.Async)
+	l := layout.Builtin(layout.Async)
 	if err := confirmed(l, false); err != nil {
 		t.Errorf("a confirmed layout: %v", err)
 	}

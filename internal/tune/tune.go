@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/patch"
 	"kptune/internal/procfs"
@@ -283,7 +284,7 @@ func addRunner(res *ProcessResult, rws target.Plan, f locate.Found, v patch.Valu
 
 // confirmed refuses a built-in layout that kube-proxy's values could not confirm (its /configz
 // unreadable, say), unless forced: every other check holds, but the offsets themselves are a guess.
-func confirmed(l locate.Layout, force bool) error {
+func confirmed(l layout.Layout, force bool) error {
 	if l.Unconfirmed == "" || force {
 		return nil
 	}
@@ -362,7 +363,7 @@ func reset(ctx context.Context, o Options, pid int) (ProcessResult, error) {
 			return res, fmt.Errorf("pid %d: runner %#x has no recorded original: nothing written", pid, f.Address)
 		}
 		c := patch.Change{MinInterval: &orig.MinInterval}
-		if l.Generation == locate.Runner {
+		if l.Generation == layout.Runner {
 			c.RetryInterval, c.MaxInterval = &orig.RetryInterval, &orig.MaxInterval
 		} else {
 			c.Burst = &orig.Burst

@@ -20,6 +20,7 @@ import (
 
 	"kptune/internal/freeze"
 	"kptune/internal/kpmetrics"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/memory"
 	"kptune/internal/patch"
@@ -552,7 +553,7 @@ func fields(t *testing.T, pid int) []byte {
 	}
 	for _, f := range found {
 		read(f.Address+l.MinInterval, 8)
-		if l.Generation == locate.Runner {
+		if l.Generation == layout.Runner {
 			read(f.Address+l.RetryInterval, 8)
 			continue
 		}

@@ -24,6 +24,7 @@ import (
 
 	"kptune/internal/freeze"
 	"kptune/internal/gobin"
+	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/probe"
 	"kptune/test/testbed"
@@ -270,13 +271,13 @@ func gdbRetune(b *testing.B, e *bed, period string) (capture, stop, total time.D
 		b.Fatal(err)
 	}
 	defer bin.Close()
-	l, err := locate.LayoutOf(bin)
+	l, err := layout.Of(bin)
 	if err != nil {
 		b.Fatal(err)
 	}
-	entry, _, ok := bin.Func(locate.AsyncTryRun)
+	entry, _, ok := bin.Func(layout.AsyncTryRun)
 	if !ok {
-		b.Fatalf("no %s in %s", locate.AsyncTryRun, e.kp.Binary)
+		b.Fatalf("no %s in %s", layout.AsyncTryRun, e.kp.Binary)
 	}
 	off, err := bin.FileOffset(entry)
 	if err != nil {

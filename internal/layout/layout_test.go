@@ -1,4 +1,4 @@
-package locate
+package layout
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func TestLayoutSourcesAgree(t *testing.T) {
 			if got != table {
 				t.Errorf("type descriptors and built-in table differ:\n%+v\n%+v", got, table)
 			}
-			d, err := LayoutFromDWARF(b)
+			d, err := FromDWARF(b)
 			if !tc.build.Debug {
 				if err == nil {
 					t.Errorf("a stripped build gave a DWARF layout")
@@ -68,7 +68,7 @@ func openFixture(t *testing.T, build testbed.Build, fixture string) (*gobin.Bina
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	l, err := LayoutOf(b)
+	l, err := Of(b)
 	if err != nil {
 		t.Fatal(err)
 	}

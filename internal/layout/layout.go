@@ -1,14 +1,12 @@
-// Package locate finds kube-proxy's sync runners in a live process and reads the values they live by.
+// Package layout says where the fields kptune reads and writes sit in a kube-proxy's sync runner,
+// for one binary: which of the two runner generations it holds, and the offsets of the runner's
+// fields (and, in the old generation, of its token bucket's), from the binary itself (runtime type
+// descriptors, kept by stripped builds; DWARF where present) or from kptune's built-in table.
 //
 // Two generations of runner exist. k8s 1.20–1.33 use k8s.io/kubernetes/pkg/util/async, whose rate is
 // gated by a client-go token bucket (limiter → *rate.Limiter, with a float32 qps copy); k8s 1.34
 // and later use k8s.io/kubernetes/pkg/proxy/runner, which re-reads minInterval after every run.
-// The layouts come from the binary itself (runtime type descriptors, kept by stripped builds), and
-// the instances from a scan of the process's writable memory for the runner's signature: its name
-// string header pointing at the binary's "sync-runner" bytes, plausible durations, its run channel
-// (buffered, one slot, empty elements), and in the old generation a limiter whose dynamic type is the
-// token bucket and whose qps, limit and burst agree. Nothing is written and nothing is stopped.
-package locate
+package layout
 
 import (
 	"errors"
@@ -104,26 +102,26 @@ func decide(old, cur bool) (Generation, error) {
 	return "", errors.New("no BoundedFrequencyRunner in this binary: not a kube-proxy (or its runner was renamed)")
 }
 
-// ErrLayout is wrapped by every failure to read a runner layout from a binary: the binary does not
+// ErrNoLayout is wrapped by every failure to read a runner layout from a binary: the binary does not
 // change, so neither does the answer (unlike a runner not found yet in a kube-proxy that is starting).
-var ErrLayout = errors.New("no runner layout")
+var ErrNoLayout = errors.New("no runner layout")
 
-// LayoutOf reads the layout from the binary's type descriptors, else its DWARF, else the built-in
+// Of reads the layout from the binary's type descriptors, else its DWARF, else the built-in
 // table; the table is used only where the binary confirms nothing contradicts it.
-func LayoutOf(b *gobin.Binary) (Layout, error) {
-	l, err := layoutOf(b)
+func Of(b *gobin.Binary) (Layout, error) {
+	l, err := of(b)
 	if err != nil {
 		return Layout{}, layoutError{err}
 	}
 	return l, nil
 }
 
-// layoutError wraps ErrLayout, keeping the message.
+// layoutError wraps ErrNoLayout, keeping the message.
 type layoutError struct{ error }
 
-func (e layoutError) Unwrap() []error { return []error{e.error, ErrLayout} }
+func (e layoutError) Unwrap() []error { return []error{e.error, ErrNoLayout} }
 
-func layoutOf(b *gobin.Binary) (Layout, error) {
+func of(b *gobin.Binary) (Layout, error) {
 	gen, err := DetectGeneration(b)
 	if err != nil {
 		return Layout{}, err
@@ -150,8 +148,8 @@ func layoutOf(b *gobin.Binary) (Layout, error) {
 	return Layout{}, fmt.Errorf("no layout for the %s runner: %v; %v", gen, err, derr)
 }
 
-// LayoutFromDWARF reads the layout from DWARF only: the ground truth of unstripped builds.
-func LayoutFromDWARF(b *gobin.Binary) (Layout, error) {
+// FromDWARF reads the layout from DWARF only: the ground truth of unstripped builds.
+func FromDWARF(b *gobin.Binary) (Layout, error) {
 	gen, err := DetectGeneration(b)
 	if err != nil {
 		return Layout{}, err
@@ -292,3 +290,11 @@ const BuiltinSource = "built-in table"
 
 // Builtin returns the built-in layout of a generation.
 func Builtin(gen Generation) Layout { return builtin[gen] }
+
+// SameFields reports whether two layouts put every field kptune reads or writes at the same offset
+// (sources, sizes, confirmation and the token bucket's descriptor aside).
+func SameFields(a, b Layout) bool {
+	a.Source, b.Source, a.RunnerSize, b.RunnerSize, a.TokenBucketType, b.TokenBucketType = "", "", 0, 0, 0, 0
+	a.Unconfirmed, b.Unconfirmed, a.Confirmed, b.Confirmed = "", "", false, false
+	return a == b
+}
