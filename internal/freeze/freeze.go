@@ -35,6 +35,9 @@ type Stats struct {
 	// any thread of the process was held. Stopping (until every thread had stopped) and Inside (fn)
 	// are its parts; the rest is releasing the threads.
 	Stopped, Stopping, Inside time.Duration
+	// CPU is what the stop cost kptune: the tracing thread's CPU time, from its first seize to its
+	// last release.
+	CPU time.Duration
 }
 
 // Do stops every thread of pid, runs fn, and releases them, whatever fn returns. fn runs on the
@@ -52,7 +55,9 @@ func Do(pid int, fn func() error) (Stats, error) {
 		// kernel releases what it still traces. (Exiting threads needlessly has a cost beyond the
 		// runtime: a child started with Pdeathsig from this thread would be killed.)
 		runtime.LockOSThread()
+		cpu0 := threadCPU()
 		st, release, err := do(pid, fn)
+		st.CPU = threadCPU() - cpu0
 		if !release {
 			runtime.UnlockOSThread()
 		}
@@ -60,6 +65,15 @@ func Do(pid int, fn func() error) (Stats, error) {
 	}()
 	r := <-res
 	return r.st, r.err
+}
+
+// threadCPU is the calling thread's user and system CPU time.
+func threadCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_THREAD, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 type tracee struct {

@@ -61,10 +61,12 @@ type ProcessResult struct {
 	Stopped    string         `json:"stoppedFor,omitempty"`
 	StoppedNS  int64          `json:"stoppedNanoseconds,omitempty"`
 	// The stop's parts: until every thread had stopped, and the checks and writes inside it.
-	StoppingNS int64    `json:"stoppingNanoseconds,omitempty"`
-	InsideNS   int64    `json:"insideNanoseconds,omitempty"`
-	Total      string   `json:"total"`
-	Notes      []string `json:"notes,omitempty"`
+	StoppingNS int64 `json:"stoppingNanoseconds,omitempty"`
+	InsideNS   int64 `json:"insideNanoseconds,omitempty"`
+	// StopCPUNS is what the stop cost kptune in CPU (its tracing thread's).
+	StopCPUNS int64    `json:"stopCPUNanoseconds,omitempty"`
+	Total     string   `json:"total"`
+	Notes     []string `json:"notes,omitempty"`
 	// Error is why nothing was written to this process, when several were asked for.
 	Error string `json:"error,omitempty"`
 }
@@ -301,7 +303,7 @@ func apply(ctx context.Context, o Options, p *prepared, res *ProcessResult, rws 
 	}
 	st, err := p.t.Apply(ctx, rws, o.Pause)
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
-	res.StoppingNS, res.InsideNS = int64(st.Stopping), int64(st.Inside)
+	res.StoppingNS, res.InsideNS, res.StopCPUNS = int64(st.Stopping), int64(st.Inside), int64(st.CPU)
 	phase := "done"
 	if err != nil {
 		phase = "failed"
