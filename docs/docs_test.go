@@ -163,3 +163,38 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 		expect(t, readme, "README", want, mode+" steady churn CPU")
 	}
 }
+
+// TestWriteBenchmarkMatchesResults: the bench report's BenchmarkWrite table is the medians and
+// ranges of bench/results/write.txt.
+func TestWriteBenchmarkMatchesResults(t *testing.T) {
+	bench := read(t, "bench/README.md")
+	metrics := map[string][]float64{}
+	re := regexp.MustCompile(`([\d.]+) ([\w-]+/write|cpu-ratio)`)
+	for _, line := range strings.Split(read(t, "bench/results/write.txt"), "\n") {
+		if !strings.HasPrefix(line, "BenchmarkWrite") {
+			continue
+		}
+		for _, m := range re.FindAllStringSubmatch(line, -1) {
+			v, err := strconv.ParseFloat(m[1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics[m[2]] = append(metrics[m[2]], v)
+		}
+	}
+	if n := len(metrics["held-cpu-ms/write"]); n < 5 {
+		t.Fatalf("bench/results/write.txt: %d runs, want 5", n)
+	}
+	span := func(name string, digits int) string {
+		xs := metrics[name]
+		f := "%." + strconv.Itoa(digits) + "f"
+		return fmt.Sprintf(f+" ms ("+f+" – "+f+")", median(xs), slices.Min(xs), slices.Max(xs))
+	}
+	r := metrics["cpu-ratio"]
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| CPU | %s | %s | %.1f× (%.1f – %.1f) |",
+		span("scan-cpu-ms/write", 1), span("held-cpu-ms/write", 1), median(r), slices.Min(r), slices.Max(r)), "BenchmarkWrite CPU")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| CPU besides the stop | %s | %s | |",
+		span("scan-cpu-besides-stop-ms/write", 1), span("held-cpu-besides-stop-ms/write", 1)), "BenchmarkWrite CPU besides the stop")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("| bytes allocated | %.1f MiB | %.2f MiB | |",
+		median(metrics["scan-MiB/write"]), median(metrics["held-MiB/write"])), "BenchmarkWrite bytes")
+}
