@@ -147,7 +147,7 @@ func (procSampler) cpu(pid int) (time.Duration, error) { return procfs.CPU(pid) 
 func (procSampler) sample(ctx context.Context, p procfs.Process) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, sampleTimeout)
 	defer cancel()
-	snap, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx)
+	snap, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncDuration, kpmetrics.EndpointChanges, kpmetrics.ServiceChanges)
 	if err != nil {
 		return sample{}, err
 	}

@@ -8,6 +8,8 @@
 package kpmetrics
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -46,15 +48,59 @@ type Snapshot struct {
 	Families map[string]*dto.MetricFamily
 }
 
-// Parse reads the Prometheus text exposition format.
-func Parse(r io.Reader) (Snapshot, error) {
+// Parse reads the Prometheus text exposition format: every family, or only the families named
+// (the rest of kube-proxy's page, its Go runtime and client metrics, is most of it, and parsing it
+// most of what a reading costs).
+func Parse(r io.Reader, only ...string) (Snapshot, error) {
+	r = io.LimitReader(r, maxBody)
+	if len(only) > 0 {
+		var err error
+		if r, err = filter(r, only); err != nil {
+			return Snapshot{}, fmt.Errorf("read kube-proxy metrics: %w", err)
+		}
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(io.LimitReader(r, maxBody))
+	fams, err := p.TextToMetricFamilies(r)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("parse kube-proxy metrics: %w", err)
 	}
 	return Snapshot{Time: time.Now(), Families: fams}, nil
 }
+
+// filter reads the page and keeps the lines of the families named (their HELP and TYPE comments,
+// and their samples, a histogram's _bucket, _sum and _count included).
+func filter(r io.Reader, only []string) (io.Reader, error) {
+	keep := map[string]bool{}
+	for _, n := range only {
+		for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+			keep[n+suffix] = true
+		}
+	}
+	var out bytes.Buffer
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	for sc.Scan() {
+		line := sc.Bytes()
+		name := line
+		if rest, ok := bytes.CutPrefix(line, []byte("# ")); ok {
+			f := bytes.Fields(rest)
+			if len(f) < 2 || (string(f[0]) != "HELP" && string(f[0]) != "TYPE") {
+				continue
+			}
+			name = f[1]
+		} else if i := bytes.IndexAny(line, "{ "); i >= 0 {
+			name = line[:i]
+		}
+		if keep[string(name)] {
+			out.Write(line)
+			out.WriteByte('\n')
+		}
+	}
+	return &out, sc.Err()
+}
+
+// maxLine bounds one line of the page (a sample with its labels: well under a KiB).
+const maxLine = 1 << 20
 
 // Has reports whether the scrape holds the named metric.
 func (s Snapshot) Has(name string) bool { _, ok := s.Families[name]; return ok }
@@ -156,11 +202,11 @@ func FlagValue(args []string, name string) (string, bool) {
 	return "", false
 }
 
-// Scrape fetches and parses /metrics.
-func (c *Client) Scrape(ctx context.Context) (Snapshot, error) {
+// Scrape fetches and parses /metrics: every family, or only the families named.
+func (c *Client) Scrape(ctx context.Context, only ...string) (Snapshot, error) {
 	var s Snapshot
 	err := c.get(ctx, "/metrics", "scrape kube-proxy metrics", func(r io.Reader) (err error) {
-		s, err = Parse(r)
+		s, err = Parse(r, only...)
 		return err
 	})
 	return s, err

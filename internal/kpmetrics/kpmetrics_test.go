@@ -53,3 +53,25 @@ func TestParseRejectsGarbage(t *testing.T) {
 		t.Fatal("a broken exposition parsed without error")
 	}
 }
+
+// TestParseOnly: the families asked for read the same as from the whole page, and the others are
+// not parsed at all (a broken one among them is no error).
+func TestParseOnly(t *testing.T) {
+	page := dualStack + "# HELP go_goroutines Number of goroutines\n# TYPE go_goroutines gauge\ngo_goroutines 12\nrest_client_x{le=\"1\" 3\n"
+	if _, err := Parse(strings.NewReader(page)); err == nil {
+		t.Fatal("the whole page, with a broken line, parsed without error")
+	}
+	s, err := Parse(strings.NewReader(page), SyncDuration, EndpointChanges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, sum := s.Histogram(SyncDuration); n != 17 || sum != 1.75 {
+		t.Errorf("sync duration: %d syncs, %v s; want 17 and 1.75", n, sum)
+	}
+	if got := s.Value(EndpointChanges); got != 42 {
+		t.Errorf("endpoint changes = %v, want 42", got)
+	}
+	if len(s.Families) != 2 || s.Has("go_goroutines") || s.Has(LastSyncTimestamp) {
+		t.Errorf("families parsed: %d, want the 2 asked for", len(s.Families))
+	}
+}

@@ -110,7 +110,7 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 func observedSync(p procfs.Process) (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), configzTimeout)
 	defer cancel()
-	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx)
+	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncPartialDuration, kpmetrics.SyncDuration)
 	if err != nil {
 		return 0, false
 	}
