@@ -197,4 +197,23 @@ func TestWriteBenchmarkMatchesResults(t *testing.T) {
 		span("scan-cpu-besides-stop-ms/write", 1), span("held-cpu-besides-stop-ms/write", 1)), "BenchmarkWrite CPU besides the stop")
 	expect(t, bench, "bench/README.md", fmt.Sprintf("| bytes allocated | %.1f MiB | %.2f MiB | |",
 		median(metrics["scan-MiB/write"]), median(metrics["held-MiB/write"])), "BenchmarkWrite bytes")
+
+	agent := map[string][]float64{}
+	re = regexp.MustCompile(`([\d.]+) ([\w/-]+)`)
+	for _, line := range strings.Split(read(t, "bench/results/agent-write.txt"), "\n") {
+		if strings.HasPrefix(line, "BenchmarkAgentWrite") {
+			for _, m := range re.FindAllStringSubmatch(line, -1) {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				agent[m[2]] = append(agent[m[2]], v)
+			}
+		}
+	}
+	round := agent["cpu-ms/round-with-write"]
+	if len(round) < 5 || slices.Max(agent["scans"]) != 1 {
+		t.Fatalf("bench/results/agent-write.txt: %d runs, scans %v", len(round), agent["scans"])
+	}
+	expect(t, bench, "bench/README.md", fmt.Sprintf("A round that writes costs %.1f ms of CPU (%.1f – %.1f:",
+		median(round), slices.Min(round), slices.Max(round)), "BenchmarkAgentWrite CPU")
+	expect(t, bench, "bench/README.md", fmt.Sprintf("located the runners once (one scan) for its %.0f\nwrites",
+		median(agent["writes"])), "BenchmarkAgentWrite writes")
 }
