@@ -38,15 +38,35 @@ func (s Struct) Field(name string) (Field, bool) {
 // ErrTypeNotFound is returned when the binary has no descriptor for a type.
 var ErrTypeNotFound = errors.New("type descriptor not found")
 
-// Runtime type descriptor (internal/abi.Type) layout, in pointer-size units where it scales.
+// What kptune reads of the runtime's type descriptors (internal/abi), the same from Go 1.19 to
+// 1.26 but for the struct field offset's encoding (readStruct).
 const (
-	kindMask   = 0x1f
-	kindStruct = 25
+	kindMask         = 0x1f   // abi.Type.Kind_ & kindMask is the kind
+	kindStruct       = 25     // abi.Struct
+	tflagExtraStar   = 1 << 1 // abi.TFlagExtraStar: the type's string has a leading '*' to skip
+	nameFlagEmbedded = 1 << 3 // an abi.Name's flag byte: the struct field is embedded
+	nameFlagsBelow   = 1 << 4 // every flag of an abi.Name's first byte is below this
+	maxFields        = 1024   // a struct's fields, at most: kube-proxy's runner has a dozen
+	maxName          = 1 << 12
 )
 
-// typeHeaderSize is sizeof(abi.Type): size, ptrdata, hash+tflag+align+fieldAlign+kind, equal,
-// gcdata, str+ptrToThis.
-func (b *Binary) typeHeaderSize() int { return 4*b.PtrSize + 8 + 8 }
+// abiLayout is where the fields kptune reads sit in the descriptors, for pointers of ptr bytes.
+type abiLayout struct {
+	typeSize     int // sizeof(abi.Type): Size_, PtrBytes, Hash, TFlag, Align_, FieldAlign_, Kind_, Equal, GCData, Str, PtrToThis
+	tflag        int // abi.Type.TFlag
+	kind         int // abi.Type.Kind_
+	str          int // abi.Type.Str, an int32 offset from moduledata.types to the type's string
+	structPkg    int // abi.StructType.PkgPath, right after its abi.Type
+	structFields int // abi.StructType.Fields: the slice's pointer, then its length
+	structSize   int // sizeof(abi.StructType)
+	fieldSize    int // sizeof(abi.StructField): Name, Typ, Offset
+}
+
+func (b *Binary) abi() abiLayout {
+	p := b.PtrSize
+	return abiLayout{typeSize: 4*p + 16, tflag: 2*p + 4, kind: 2*p + 7, str: 4*p + 8,
+		structPkg: 4*p + 16, structFields: 5*p + 16, structSize: 8*p + 16, fieldSize: 3 * p}
+}
 
 func (b *Binary) loadTypes() error {
 	if b.types != nil {
@@ -94,8 +114,7 @@ func (b *Binary) StructType(name, pkgPath string) (Struct, error) {
 		return Struct{}, fmt.Errorf("%w: no name %q", ErrTypeNotFound, name)
 	}
 	var errs []error
-	hdr := b.typeHeaderSize()
-	strAt := 4*b.PtrSize + 8 // offset of abi.Type.Str
+	abi := b.abi()
 	for _, nameOff := range nameOffs {
 		// A descriptor whose Str is nameOff: search for the 4 bytes (vectorised), then check that
 		// they sit where Str sits in an aligned descriptor of kind struct.
@@ -108,8 +127,8 @@ func (b *Binary) StructType(name, pkgPath string) (Struct, error) {
 			}
 			pos := i + j
 			i = pos + 1
-			off := pos - strAt
-			if off < 0 || off%b.PtrSize != 0 || off+hdr+4*b.PtrSize > len(b.types) || b.types[off+2*b.PtrSize+7]&kindMask != kindStruct {
+			off := pos - abi.str
+			if off < 0 || off%b.PtrSize != 0 || off+abi.structSize > len(b.types) || b.types[off+abi.kind]&kindMask != kindStruct {
 				continue
 			}
 			s, err := b.readStruct(b.Types + uint64(off))
@@ -144,7 +163,7 @@ func (b *Binary) findNames(s string) []int64 {
 			return out
 		}
 		pos := i + j
-		if pos > 0 && b.types[pos-1] < 1<<4 {
+		if pos > 0 && b.types[pos-1] < nameFlagsBelow {
 			out = append(out, int64(pos-1))
 		}
 		i = pos + 1
@@ -153,22 +172,22 @@ func (b *Binary) findNames(s string) []int64 {
 
 // readStruct reads an abi.StructType at addr.
 func (b *Binary) readStruct(addr uint64) (Struct, error) {
-	hdr := b.typeHeaderSize()
-	buf := make([]byte, hdr+4*b.PtrSize)
+	abi := b.abi()
+	buf := make([]byte, abi.structSize)
 	if err := b.ReadAt(buf, addr); err != nil {
 		return Struct{}, err
 	}
 	size := b.word(buf)
-	pkgPath, err := b.readName(b.word(buf[hdr:]))
+	pkgPath, err := b.readName(b.word(buf[abi.structPkg:]))
 	if err != nil {
 		return Struct{}, fmt.Errorf("struct at %#x: package path: %w", addr, err)
 	}
-	fieldsPtr, nfields := b.word(buf[hdr+b.PtrSize:]), b.word(buf[hdr+2*b.PtrSize:])
-	if nfields > 1024 {
+	fieldsPtr, nfields := b.word(buf[abi.structFields:]), b.word(buf[abi.structFields+b.PtrSize:])
+	if nfields > maxFields {
 		return Struct{}, fmt.Errorf("struct at %#x: %d fields", addr, nfields)
 	}
 	s := Struct{PkgPath: pkgPath, Size: size}
-	fsz := 3 * b.PtrSize
+	fsz := abi.fieldSize
 	fields := make([]byte, int(nfields)*fsz)
 	if err := b.ReadAt(fields, fieldsPtr); err != nil {
 		return Struct{}, fmt.Errorf("struct at %#x: fields: %w", addr, err)
@@ -180,7 +199,7 @@ func (b *Binary) readStruct(addr uint64) (Struct, error) {
 		if err != nil {
 			return Struct{}, fmt.Errorf("struct at %#x: field %d: %w", addr, i, err)
 		}
-		embedded := flags&(1<<3) != 0
+		embedded := flags&nameFlagEmbedded != 0
 		if b.GoMinor < 19 {
 			// Before Go 1.19 the word held offset<<1 | embedded.
 			embedded, off = off&1 != 0, off>>1
@@ -199,22 +218,21 @@ func (b *Binary) readStruct(addr uint64) (Struct, error) {
 
 // typeString reads the string form and size of the type descriptor at addr.
 func (b *Binary) typeString(addr uint64) (string, uint64, error) {
-	buf := make([]byte, b.typeHeaderSize())
+	abi := b.abi()
+	buf := make([]byte, abi.typeSize)
 	if err := b.ReadAt(buf, addr); err != nil {
 		return "", 0, err
 	}
-	str := uint64(b.Order.Uint32(buf[4*b.PtrSize+8:]))
+	str := uint64(b.Order.Uint32(buf[abi.str:]))
 	name, _, err := b.readNameFlags(b.Types + str)
 	if err != nil {
 		return "", 0, err
 	}
-	if buf[2*b.PtrSize+4]&tflagExtraStar != 0 && len(name) > 0 {
+	if buf[abi.tflag]&tflagExtraStar != 0 && len(name) > 0 {
 		name = name[1:]
 	}
 	return name, b.word(buf), nil
 }
-
-const tflagExtraStar = 1 << 1
 
 func (b *Binary) readName(addr uint64) (string, error) {
 	if addr == 0 {
@@ -231,7 +249,7 @@ func (b *Binary) readNameFlags(addr uint64) (string, byte, error) {
 		return "", 0, err
 	}
 	n, k := binary.Uvarint(hdr[1:])
-	if k <= 0 || n > 1<<12 {
+	if k <= 0 || n > maxName {
 		return "", 0, fmt.Errorf("bad name at %#x", addr)
 	}
 	buf := make([]byte, n)

@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"kptune/internal/procfs"
 )
 
 // stateDir holds one JSON file a test bed: what to kill and delete if its owner dies.
@@ -130,12 +131,8 @@ func killWait(pid int, grace time.Duration) {
 
 // alive reports whether pid exists and is not a zombie.
 func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+	p, err := procfs.Get(pid)
+	return err == nil && p.State != 'Z'
 }
 
 // proc is a process of the test bed, started inside a network namespace.
