@@ -73,14 +73,20 @@ func (mp *managed) resetAdaptive() {
 // tend locates, reads, decides and writes for one kube-proxy.
 func (a *Agent) tend(ctx context.Context, mp *managed, now time.Time) {
 	pid := strconv.Itoa(mp.proc.PID)
-	if !mp.located && !a.locate(ctx, mp, now) {
-		return
+	located := false
+	if !mp.located {
+		if located = a.locate(ctx, mp, now); !located {
+			return
+		}
 	}
 	runners, err := mp.kp.read()
 	if err != nil {
 		mp.located = false // changed under us: locate again next round
 		a.log.Info("runners to be located again", "pid", mp.proc.PID, "error", err)
 		return
+	}
+	if located {
+		a.log.Info("runners located", "pid", mp.proc.PID, "runners", len(runners), "minSyncPeriod", runners[0].MinInterval, "syncPeriod", mp.syncPeriod)
 	}
 	mp.runners = runners
 	for _, f := range runners {
@@ -139,7 +145,6 @@ func (a *Agent) locate(ctx context.Context, mp *managed, now time.Time) bool {
 	a.m.locate.Observe(time.Since(start).Seconds())
 	mp.located, mp.misses = true, 0
 	mp.syncPeriod = mp.kp.syncPeriod(ctx)
-	a.log.Info("runners located", "pid", mp.proc.PID, "syncPeriod", mp.syncPeriod)
 	return true
 }
 

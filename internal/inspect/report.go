@@ -50,20 +50,28 @@ type Runner struct {
 // All inspects every kube-proxy process on the host. A panic while reading one (a defect, since
 // every size read is bounded) is that process's error, not the end of the report.
 func All(ctx context.Context, o target.LocateOptions) (Report, error) {
-	procs, err := target.Discover()
+	procs, err := target.Candidates()
 	if err != nil {
 		return Report{}, err
 	}
 	r := Report{Processes: []Process{}}
 	for _, p := range procs {
 		var out Process
-		var perr error
-		if err := target.Safely(p.PID, func() { out, perr = PID(ctx, p.PID, o) }); err != nil {
-			out = Process{PID: p.PID, StartTime: p.StartTime, Runners: []Runner{}, Error: err.Error()}
-		} else if perr != nil && out.PID == 0 {
-			continue // it exited, or is no longer a kube-proxy
+		kubeProxy := false
+		if err := target.Safely(p.PID, func() {
+			t, err := target.Open(ctx, p.PID)
+			if err != nil {
+				return // not a kube-proxy, or it exited
+			}
+			defer t.Close()
+			kubeProxy = true
+			out, _ = report(ctx, t, o)
+		}); err != nil {
+			out, kubeProxy = Process{PID: p.PID, StartTime: p.StartTime, Runners: []Runner{}, Error: err.Error()}, true
 		}
-		r.Processes = append(r.Processes, out)
+		if kubeProxy {
+			r.Processes = append(r.Processes, out)
+		}
 	}
 	return r, nil
 }
@@ -76,12 +84,17 @@ func PID(ctx context.Context, pid int, o target.LocateOptions) (Process, error) 
 		return Process{}, err
 	}
 	defer t.Close()
+	return report(ctx, t, o)
+}
+
+// report locates the runners of kube-proxy t and reports them.
+func report(ctx context.Context, t *target.Process, o target.LocateOptions) (Process, error) {
 	b := t.Binary()
 	out := Process{
 		PID: t.PID, StartTime: t.StartTime, Exe: exePath(t), BuildID: b.BuildID(),
 		GoVersion: b.GoVersion, K8sVersion: t.K8sVersion(), ProxyMode: t.ProxyMode(), Runners: []Runner{},
 	}
-	err = t.Locate(ctx, o)
+	err := t.Locate(ctx, o)
 	l := t.Layout()
 	out.Generation, out.LayoutSource, out.Locator = string(l.Generation), l.Describe(), t.FoundBy()
 	if err != nil {
