@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"kptune/internal/netns"
+	"kptune/internal/policy"
 	"kptune/internal/procfs"
 	"kptune/internal/target"
 	"kptune/test/testbed"
@@ -32,6 +33,17 @@ func TestConfig(t *testing.T) {
 	if c, err := ParseConfig(nil); err != nil || c.PolicyName != "static" || c.MinSyncPeriod.Duration != time.Second {
 		t.Errorf("an empty file: %+v, %v", c, err)
 	}
+	c, err = ParseConfig([]byte("policy: objective\nlatencyObjective: 5s\nlatencyQuantile: 0.9\nprefer: budget\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := c.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := pol.(policy.Objective); !ok || o.Latency != 5*time.Second || o.Quantile != 0.9 || o.Prefer != policy.PreferBudget || o.Margin != 0.2 || o.Budget != 0.2 {
+		t.Errorf("objective policy: %+v", pol)
+	}
 	for _, bad := range []string{
 		"policy: fastest\n",
 		"policy: static\nminSyncPeriod: 0s\n",
@@ -39,6 +51,9 @@ func TestConfig(t *testing.T) {
 		"policy: static\nminSyncPeriod: soon\n",
 		"policy: static\nminSyncPeriodd: 2s\n", // a typo is an error, not a default
 		"policy: adaptive\ndecideEvery: 10ms\n",
+		"policy: objective\nlatencyObjective: 0s\n",
+		"policy: objective\nlatencyQuantile: 99\n",
+		"policy: objective\nprefer: speed\n",
 	} {
 		if _, err := ParseConfig([]byte(bad)); err == nil {
 			t.Errorf("%q accepted", bad)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 
+	"kptune/internal/kpmetrics"
 	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/policy"
@@ -174,7 +176,7 @@ func (a *Agent) choose(ctx context.Context, mp *managed, current time.Duration, 
 			return byOverride, d
 		}
 	}
-	if !a.pol.Measures() {
+	if !a.pol.Needs().Measures {
 		return byStatic, a.pol.Decide(current, policy.Inputs{}).Period
 	}
 	if mp.last != byAdaptive {
@@ -188,14 +190,21 @@ func (a *Agent) choose(ctx context.Context, mp *managed, current time.Duration, 
 // adapt is the measuring policy's period: the one decided last until a window has passed, then a
 // new decision from what kube-proxy spent over it.
 func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, now time.Time) time.Duration {
+	needs := a.pol.Needs()
 	if mp.window == nil {
 		if s, err := a.node.sampler.sample(ctx, mp.proc); err == nil {
 			mp.window, mp.decided = &s, now
 		}
 		return mp.desired
 	}
-	// A window of at least three periods: over fewer, syncs (and their CPU) arrive in lumps.
-	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, 3*current) {
+	// A window of at least three periods: over fewer, syncs (and their CPU) arrive in lumps. A
+	// latency objective is judged on one: the changes measured make the window, and a missed
+	// objective is not to wait three long periods.
+	periods := time.Duration(3)
+	if needs.LatencyQuantile > 0 {
+		periods = 1
+	}
+	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, periods*current) {
 		return mp.desired
 	}
 	if mp.idle {
@@ -222,7 +231,7 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 		a.log.Warn("read kube-proxy's metrics", "pid", mp.proc.PID, "error", err)
 		return mp.desired
 	}
-	in := s.inputs(*mp.window, mp.syncPeriod)
+	in := s.inputs(*mp.window, mp.syncPeriod, needs.LatencyQuantile)
 	in.Seen = mp.recall(current, now, 20*a.cfg.DecideEvery.Duration)
 	d := a.pol.Decide(current, in)
 	if in.Syncs >= 1 {
@@ -233,6 +242,14 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 	a.m.changes.WithLabelValues(pid).Set(in.Changes / in.Window.Seconds())
 	if in.Syncs > 0 {
 		a.m.syncCost.WithLabelValues(pid).Set(in.CPUSeconds / in.Syncs)
+	}
+	if o := d.Objective; o != nil && o.Met != nil {
+		a.m.latency.WithLabelValues(pid, strconv.FormatFloat(o.Quantile, 'g', -1, 64)).Set(o.Latency.Seconds())
+		met := 0.0
+		if *o.Met {
+			met = 1
+		}
+		a.m.objectiveMet.WithLabelValues(pid).Set(met)
 	}
 	a.log.Info("decision", "pid", mp.proc.PID, "policy", a.pol.Name(), "current", current, "next", d.Period, "reason", d.Reason)
 	if in.Syncs < 1 {
@@ -348,10 +365,18 @@ func (mp *managed) recall(current time.Duration, now time.Time, maxAge time.Dura
 	return out
 }
 
-// inputs are the policy's inputs over the window from prev to s.
-func (s sample) inputs(prev sample, syncPeriod time.Duration) policy.Inputs {
-	return policy.Inputs{
+// inputs are the policy's inputs over the window from prev to s, with the latency's quantile q
+// where q is positive.
+func (s sample) inputs(prev sample, syncPeriod time.Duration, q float64) policy.Inputs {
+	in := policy.Inputs{
 		Window: s.at.Sub(prev.at), Syncs: float64(s.syncs - prev.syncs), SyncSeconds: s.syncSum - prev.syncSum,
 		CPUSeconds: (s.cpu - prev.cpu).Seconds(), Changes: s.changes - prev.changes, SyncPeriod: syncPeriod,
 	}
+	if q > 0 && len(s.latency) > 0 && len(prev.latency) == len(s.latency) {
+		if v := kpmetrics.Quantile(q, prev.latency, s.latency); !math.IsNaN(v) {
+			in.Latency = time.Duration(v * float64(time.Second))
+			in.LatencyChanges = float64(s.latency[len(s.latency)-1].Count - prev.latency[len(prev.latency)-1].Count)
+		}
+	}
+	return in
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"kptune/internal/kpmetrics"
 	"kptune/internal/layout"
 	"kptune/internal/locate"
 	"kptune/internal/procfs"
@@ -84,6 +87,11 @@ type fakeSampler struct {
 	cost    time.Duration // CPU per sync
 	busy    func(elapsed time.Duration) bool
 	samples int // readings of its metrics
+	// latency, if set, is the network programming latency of every change at the period kube-proxy
+	// holds; changes come at 10 a second.
+	latency func(period time.Duration) time.Duration
+	hist    []kpmetrics.Bucket
+	last    time.Time
 }
 
 func (s *fakeSampler) state() (syncs uint64, cpu time.Duration) {
@@ -108,7 +116,25 @@ func (s *fakeSampler) cpu(int) (time.Duration, error) {
 func (s *fakeSampler) sample(context.Context, procfs.Process) (sample, error) {
 	s.samples++
 	n, c := s.state()
-	return sample{at: s.now(), syncs: n, syncSum: c.Seconds(), cpu: c, changes: float64(n) * 10}, nil
+	out := sample{at: s.now(), syncs: n, syncSum: c.Seconds(), cpu: c, changes: float64(n) * 10}
+	if s.latency != nil {
+		if s.hist == nil {
+			for _, ub := range []float64{0.25, 0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 25, 30, 40, 60, math.Inf(1)} {
+				s.hist = append(s.hist, kpmetrics.Bucket{UpperBound: ub})
+			}
+			s.last = s.start
+		}
+		changes := uint64(s.now().Sub(s.last).Seconds() * 10)
+		v := s.latency(s.kp.period).Seconds()
+		for i := range s.hist {
+			if v <= s.hist[i].UpperBound {
+				s.hist[i].Count += changes
+			}
+		}
+		s.last = s.now()
+		out.latency = slices.Clone(s.hist)
+	}
+	return out, nil
 }
 
 // bench is an agent over fake processes, with a clock of its own.
@@ -191,6 +217,13 @@ func (b *bench) events() []string {
 func static(d time.Duration) Config {
 	c := DefaultConfig()
 	c.MinSyncPeriod = metav1.Duration{Duration: d}
+	return c
+}
+
+func objectiveConfig() Config {
+	c := DefaultConfig()
+	c.PolicyName = "objective"
+	c.DecideEvery = metav1.Duration{Duration: 10 * time.Second}
 	return c
 }
 
@@ -407,6 +440,33 @@ func TestDecisions(t *testing.T) {
 			b.rounds(7, 2*time.Second) // 14 s: less than a window of three 5s periods
 			if s.samples != samples+1 || len(kp.sets) != sets {
 				t.Errorf("after the annotation: %d readings, sets %v; want one reading to open a window, no decision before it ends", s.samples-samples, kp.sets[sets:])
+			}
+		}},
+		{"objective: up to the aim under steady churn, down at once when a burst misses it", objectiveConfig(), func(t *testing.T, b *bench) {
+			kp := b.kubeProxy(10, 1, time.Second)
+			extra := 700 * time.Millisecond // what the latency holds besides the wait for a sync
+			s := &fakeSampler{kp: kp, start: b.clock, now: b.a.now, cost: 100 * time.Millisecond,
+				latency: func(p time.Duration) time.Duration { return time.Duration(0.99*float64(p)) + extra }}
+			b.a.node.sampler = s
+			b.rounds(60, 2*time.Second)
+			steady := kp.period
+			if steady < 5*time.Second || steady > 8*time.Second {
+				t.Fatalf("steady churn: settled at %v (sets %v), want near the 8s aim less 0.7 s", steady, kp.sets)
+			}
+			met := testutil.ToFloat64(b.a.m.objectiveMet.WithLabelValues("10"))
+			if met != 1 {
+				t.Errorf("kptune_policy_objective_met %v at %v", met, steady)
+			}
+			extra = 6 * time.Second // a burst: syncs take longer, and the objective is missed
+			sets, burst := len(kp.sets), b.clock
+			for len(kp.sets) == sets && b.clock.Sub(burst) < time.Minute {
+				b.rounds(1, 2*time.Second)
+			}
+			if took := b.clock.Sub(burst); kp.period >= steady/2 || took > 20*time.Second {
+				t.Errorf("after the burst: %v after %v (sets %v); want well under %v within a window", kp.period, took, kp.sets, steady)
+			}
+			if met, q := testutil.ToFloat64(b.a.m.objectiveMet.WithLabelValues("10")), testutil.ToFloat64(b.a.m.latency.WithLabelValues("10", "0.99")); met != 0 || q < 10 {
+				t.Errorf("the burst's window: objective met %v, p99 %v s; want 0 and the missed quantile", met, q)
 			}
 		}},
 		{"reset on exit: only what the agent changed", static(3 * time.Second), func(t *testing.T, b *bench) {

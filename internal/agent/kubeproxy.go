@@ -63,6 +63,7 @@ type sample struct {
 	syncSum float64
 	changes float64
 	cpu     time.Duration
+	latency []kpmetrics.Bucket // kube-proxy's network programming latency histogram
 }
 
 // hostNode reads this host's /proc, holds each kube-proxy as a target.Process and writes with tune.
@@ -147,7 +148,8 @@ func (procSampler) cpu(pid int) (time.Duration, error) { return procfs.CPU(pid) 
 func (procSampler) sample(ctx context.Context, p procfs.Process) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, sampleTimeout)
 	defer cancel()
-	snap, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncDuration, kpmetrics.EndpointChanges, kpmetrics.ServiceChanges)
+	snap, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncDuration, kpmetrics.EndpointChanges, kpmetrics.ServiceChanges,
+		kpmetrics.NetworkProgramming)
 	if err != nil {
 		return sample{}, err
 	}
@@ -156,6 +158,6 @@ func (procSampler) sample(ctx context.Context, p procfs.Process) (sample, error)
 		return sample{}, err
 	}
 	n, sum := snap.Histogram(kpmetrics.SyncDuration)
-	return sample{at: snap.Time, syncs: n, syncSum: sum, cpu: cpu,
+	return sample{at: snap.Time, syncs: n, syncSum: sum, cpu: cpu, latency: snap.Buckets(kpmetrics.NetworkProgramming),
 		changes: snap.Value(kpmetrics.EndpointChanges) + snap.Value(kpmetrics.ServiceChanges)}, nil
 }

@@ -27,6 +27,9 @@ type metrics struct {
 	refused     *prometheus.CounterVec
 	panics      prometheus.Counter
 	overrides   *prometheus.CounterVec
+	// A latency objective's attainment, per kube-proxy, over the policy's last window.
+	latency      *prometheus.GaugeVec
+	objectiveMet *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -63,6 +66,10 @@ func newMetrics() *metrics {
 		overrides: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "override_rejected_total",
 			Help: "Values of the node's kptune.io/min-sync-period annotation not held as given: ignored (not a positive duration) or clamped to the configuration's floor or ceiling."}, []string{"result"}),
 	}
+	m.latency = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "policy_latency_seconds",
+		Help: "kube-proxy's network programming latency at the objective's quantile, over the policy's last window."}, []string{"pid", "quantile"})
+	m.objectiveMet = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "policy_objective_met",
+		Help: "1 if kube-proxy's network programming latency met the objective over the policy's last window, 0 if not (absent: too few changes to tell)."}, []string{"pid"})
 	m.reg.MustRegister(m.own()...)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -70,7 +77,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) own() []prometheus.Collector {
 	return []prometheus.Collector{m.kubeProxies, m.period, m.desired, m.writes, m.refusals, m.locate, m.stop, m.cpu,
-		m.syncCost, m.changes, m.reloads, m.lastLoop, m.refused, m.panics, m.overrides}
+		m.syncCost, m.changes, m.reloads, m.lastLoop, m.refused, m.panics, m.overrides, m.latency, m.objectiveMet}
 }
 
 var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
@@ -98,4 +105,6 @@ func (m *metrics) forget(pid string) {
 	m.cpu.DeleteLabelValues(pid)
 	m.syncCost.DeleteLabelValues(pid)
 	m.changes.DeleteLabelValues(pid)
+	m.latency.DeletePartialMatch(prometheus.Labels{"pid": pid})
+	m.objectiveMet.DeleteLabelValues(pid)
 }

@@ -1,6 +1,7 @@
 // Package policy chooses a kube-proxy's minimum sync period.
 //
-// Static holds a fixed period. Adaptive follows what kube-proxy's own metrics and its CPU say: it
+// Static holds a fixed period. Objective (objective.go) holds kube-proxy's network programming
+// latency under a target with the largest period that keeps it. Adaptive follows what kube-proxy's own metrics and its CPU say: it
 // keeps kube-proxy's CPU (its iptables-restore or nft children included) under a budget with the
 // lowest period that allows it (the lowest latency a change can have), within a floor and a
 // ceiling, moving by at most a factor per decision. Under churn kube-proxy syncs about once a
@@ -30,20 +31,44 @@ type Inputs struct {
 	// Seen is what kube-proxy spent (cores) at the other periods it held lately: the response of
 	// its cost to the period, which the adaptive policy does not assume.
 	Seen map[time.Duration]float64
+	// Latency is the quantile the policy needs (Needs.LatencyQuantile) of kube-proxy's network
+	// programming latency over the window, from LatencyChanges changes (0: none measured).
+	Latency        time.Duration
+	LatencyChanges float64
+}
+
+// Needs say what a policy decides from.
+type Needs struct {
+	// Measures: kube-proxy's CPU, syncs and changes over a window (a static policy needs nothing).
+	Measures bool
+	// LatencyQuantile, if positive, is the quantile of kube-proxy's network programming latency the
+	// policy needs (Inputs.Latency).
+	LatencyQuantile float64
 }
 
 // Decision is a policy's answer.
 type Decision struct {
 	Period time.Duration
 	Reason string
+	// Objective is how the window did against a latency objective (nil without one).
+	Objective *Attainment
+}
+
+// Attainment is a latency objective against one window.
+type Attainment struct {
+	Quantile  float64
+	Objective time.Duration
+	Latency   time.Duration // the quantile measured
+	Changes   float64       // the changes it was measured over
+	Met       *bool         // nil: too few changes to tell
 }
 
 // Policy chooses the next period from the current one and the inputs.
 type Policy interface {
 	Name() string
-	// Measures reports whether Decide reads its Inputs: where it does not, kube-proxy's metrics
-	// need not be read at all.
-	Measures() bool
+	// Needs says what Decide reads of its Inputs: where it needs nothing, kube-proxy's metrics need
+	// not be read at all.
+	Needs() Needs
 	Decide(current time.Duration, in Inputs) Decision
 }
 
@@ -53,8 +78,8 @@ type Static struct{ Period time.Duration }
 // Name implements Policy.
 func (s Static) Name() string { return "static" }
 
-// Measures implements Policy: a static period needs no measurement.
-func (s Static) Measures() bool { return false }
+// Needs implements Policy: a static period needs no measurement.
+func (s Static) Needs() Needs { return Needs{} }
 
 // Decide implements Policy.
 func (s Static) Decide(current time.Duration, _ Inputs) Decision {
@@ -90,8 +115,8 @@ func (a Adaptive) Validate() error {
 // Name implements Policy.
 func (a Adaptive) Name() string { return "adaptive" }
 
-// Measures implements Policy.
-func (a Adaptive) Measures() bool { return true }
+// Needs implements Policy.
+func (a Adaptive) Needs() Needs { return Needs{Measures: true} }
 
 // Decide implements Policy.
 func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {

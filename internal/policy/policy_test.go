@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,5 +166,105 @@ func TestValidate(t *testing.T) {
 func TestStatic(t *testing.T) {
 	if d := (Static{Period: 3 * time.Second}).Decide(time.Second, Inputs{}); d.Period != 3*time.Second {
 		t.Errorf("static: %v", d.Period)
+	}
+}
+
+var objective = Objective{Latency: 10 * time.Second, Quantile: 0.99, Margin: 0.2, MinChanges: 20, Prefer: PreferObjective,
+	Floor: time.Second, Ceiling: 30 * time.Second, Hysteresis: 0.2, MaxStep: 2}
+
+// loaded models kube-proxy under churn at period p for a minute: syncs of length sync, each change
+// waiting for the next sync (up to a period) then the sync and delay more: its p99 is 0.99 p +
+// sync + delay.
+func loaded(p, sync, delay time.Duration, cores float64) Inputs {
+	window := time.Minute
+	syncs := window.Seconds() / max(p, sync).Seconds()
+	return Inputs{Window: window, Syncs: syncs, SyncSeconds: syncs * sync.Seconds(), CPUSeconds: cores * window.Seconds(),
+		Changes: 600, SyncPeriod: 30 * time.Second, Latency: time.Duration(0.99*float64(p)) + sync + delay, LatencyChanges: 600}
+}
+
+func TestObjective(t *testing.T) {
+	if err := objective.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ms := time.Millisecond
+	budget := func(o Objective, b float64, p Prefer) Objective { o.Budget, o.Prefer = b, p; return o }
+	few := loaded(5*time.Second, 500*ms, 200*ms, 0.1)
+	few.LatencyChanges = 5
+	for _, tc := range []struct {
+		name    string
+		o       Objective
+		current time.Duration
+		in      Inputs
+		want    time.Duration
+		met     string // "true", "false", "nil"
+		reason  string
+	}{
+		// The aim is 8s: the rest is 0.7 s, so the period that puts p99 at 8s is (8 - 0.7) / 0.99.
+		{"under the aim: up, by at most the step", objective, time.Second, loaded(time.Second, 500*ms, 200*ms, 0.5), 2 * time.Second, "true", "under the aim"},
+		{"under the aim: up to the aim", objective, 4 * time.Second, loaded(4*time.Second, 500*ms, 200*ms, 0.2), 7374 * ms, "true", "under the aim"},
+		{"missed: down to the aim at once", objective, 20 * time.Second, loaded(20*time.Second, 500*ms, 200*ms, 0.05), 7374 * ms, "false", "objective missed"},
+		{"met, above the aim past hysteresis: down", objective, 9300 * ms, loaded(9300*ms, 500*ms, 200*ms, 0.1), 7374 * ms, "true", "above the aim"},
+		{"met, above the aim within hysteresis: keep", objective, 9 * time.Second, loaded(9*time.Second, 500*ms, 200*ms, 0.1), 9 * time.Second, "true", "within hysteresis"},
+		{"at the aim: keep", objective, 7400 * ms, loaded(7400*ms, 500*ms, 200*ms, 0.1), 7400 * ms, "true", "within hysteresis"},
+		{"too few changes to tell: keep", objective, 5 * time.Second, few, 5 * time.Second, "nil", "too few changes"},
+		{"syncs back to back: a smaller period cannot help", objective, 2 * time.Second, loaded(2*time.Second, 12*time.Second, 200*ms, 1), 2 * time.Second, "false", "back to back"},
+		{"under the aim, the period not binding: keep", objective, 20 * time.Second,
+			func() Inputs { in := loaded(20*time.Second, 100*ms, 0, 0.01); in.Latency = 2 * time.Second; return in }(),
+			20 * time.Second, "true", "not binding"},
+		{"never above syncPeriod", func() Objective { o := objective; o.Latency = time.Minute; return o }(), 20 * time.Second,
+			func() Inputs {
+				in := loaded(20*time.Second, 100*ms, 0, 0.01)
+				in.SyncPeriod = 25 * time.Second
+				return in
+			}(),
+			25 * time.Second, "true", "under the aim"},
+		{"over budget at the aim: the objective wins", budget(objective, 0.2, PreferObjective), 7374 * ms, loaded(7374*ms, 500*ms, 200*ms, 0.5), 7374 * ms, "true", "the objective wins"},
+		{"over budget at the aim, the budget preferred: up", budget(objective, 0.2, PreferBudget), 7374 * ms, loaded(7374*ms, 500*ms, 200*ms, 0.5), 14748 * ms, "true", "budget is preferred"},
+		{"missed and over budget: the objective wins, down", budget(objective, 0.2, PreferObjective), 20 * time.Second, loaded(20*time.Second, 500*ms, 200*ms, 0.5), 7374 * ms, "false", "the objective wins"},
+		{"under the aim and over budget: up either way", budget(objective, 0.2, PreferObjective), 2 * time.Second, loaded(2*time.Second, 500*ms, 200*ms, 0.5), 4 * time.Second, "true", "under the aim"},
+	} {
+		d := tc.o.Decide(tc.current, tc.in)
+		met := "nil"
+		if d.Objective != nil && d.Objective.Met != nil {
+			met = strconv.FormatBool(*d.Objective.Met)
+		}
+		if d.Period != tc.want || met != tc.met || !strings.Contains(d.Reason, tc.reason) {
+			t.Errorf("%s: %v, met %s, %q; want %v, met %s, %q", tc.name, d.Period, met, d.Reason, tc.want, tc.met, tc.reason)
+		}
+	}
+}
+
+// TestObjectiveConverges: on the latency model, from 1s and from 30s, the period settles where
+// p99 is at the aim, and stays there.
+func TestObjectiveConverges(t *testing.T) {
+	for _, start := range []time.Duration{time.Second, 30 * time.Second} {
+		p := start
+		var seen []time.Duration
+		for range 10 {
+			p = objective.Decide(p, loaded(p, 500*time.Millisecond, 200*time.Millisecond, 0.1)).Period
+			seen = append(seen, p)
+		}
+		if p != 7374*time.Millisecond || seen[len(seen)-2] != p {
+			t.Errorf("from %v: %v", start, seen)
+		}
+	}
+}
+
+func TestObjectiveValidate(t *testing.T) {
+	for _, bad := range []func(*Objective){
+		func(o *Objective) { o.Latency = 0 },
+		func(o *Objective) { o.Quantile = 1 },
+		func(o *Objective) { o.Quantile = 0 },
+		func(o *Objective) { o.Margin = 1 },
+		func(o *Objective) { o.MinChanges = 0 },
+		func(o *Objective) { o.Budget = -1 },
+		func(o *Objective) { o.Prefer = "cpu" },
+		func(o *Objective) { o.Ceiling = 0 },
+	} {
+		o := objective
+		bad(&o)
+		if o.Validate() == nil {
+			t.Errorf("%+v validated", o)
+		}
 	}
 }
