@@ -7,7 +7,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-trace bench-report bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -60,6 +60,32 @@ bench-churn: prebuild
 	mkdir -p bench/results/churn
 	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) KPTUNE_CHURN_MODES=$(CHURN_MODES) $(GO) test -count=1 -timeout 600m -tags churn -run '$(CHURN_RUN)' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_LOG).log
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn$(if $(filter 5000x10,$(CHURN_SCALE)),,/$(CHURN_SCALE))
+
+# The trace bench (test/churn TestTrace): a cluster's day (quiet, a rolling update of several
+# Deployments, steady churn, a burst of scale-downs, quiet) replayed for every setup, each run on a
+# fresh kube-proxy, the setups in an order drawn for each repetition; TRACE_REPS repetitions from
+# TRACE_FIRST_REP. Each run is appended to TRACE_OUT as it ends, so that repetitions split over
+# several sessions merge. About 6 minutes a run at 5000x10 with the default 30s unit (ten setups: an
+# hour a repetition and mode). Then the reports are made again.
+TRACE_SCALE ?= 5000x10
+TRACE_MODES ?= iptables
+TRACE_REPS ?= 1
+TRACE_FIRST_REP ?= 1
+TRACE_SETUPS ?= 100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective
+TRACE_UNIT ?= 30s
+TRACE_OUT ?= bench/results/trace/$(TRACE_SCALE).jsonl
+bench-trace: prebuild
+	mkdir -p bench/results/trace
+	{ echo "# make bench-trace at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): TRACE_SCALE=$(TRACE_SCALE) TRACE_MODES=$(TRACE_MODES) TRACE_REPS=$(TRACE_REPS) TRACE_FIRST_REP=$(TRACE_FIRST_REP) TRACE_SETUPS=$(TRACE_SETUPS) TRACE_UNIT=$(TRACE_UNIT) TRACE_OUT=$(TRACE_OUT)"; \
+	  KPTUNE_TRACE_SCALE=$(TRACE_SCALE) KPTUNE_TRACE_MODES=$(TRACE_MODES) KPTUNE_TRACE_REPS=$(TRACE_REPS) KPTUNE_TRACE_FIRST_REP=$(TRACE_FIRST_REP) \
+	  KPTUNE_TRACE_SETUPS=$(TRACE_SETUPS) KPTUNE_TRACE_UNIT=$(TRACE_UNIT) KPTUNE_TRACE_OUT=$(abspath $(TRACE_OUT)) \
+	  $(GO) test -count=1 -timeout 600m -tags churn -run TestTrace -v ./test/churn 2>&1; } | tee -a $(TRACE_OUT:.jsonl=.log)
+	$(MAKE) bench-report
+
+# Every table and plot of the bench reports, made again from bench/results alone.
+bench-report:
+	$(GO) run ./test/cmd/benchplot -in bench/results/churn/5000x10 -out bench/churn
+	$(GO) run ./test/cmd/tracereport -in bench/results/trace -out bench/trace
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).

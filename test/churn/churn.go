@@ -42,6 +42,8 @@ type Setup struct {
 // Name labels a setup in tables and plots.
 func (s Setup) Name() string {
 	switch {
+	case strings.Contains(s.Adaptive, "policy: objective"):
+		return "objective"
 	case s.Adaptive != "":
 		return "adaptive"
 	case s.RetuneTo != 0:

@@ -5,7 +5,9 @@ package churn
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -302,6 +304,82 @@ func TestTransitions(t *testing.T) {
 		out, _ := json.MarshalIndent(append(kept, all...), "", "  ")
 		if err := os.WriteFile(file, out, 0o644); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestTrace is `make bench-trace`: a cluster's day (Day: quiet, a rolling update of several
+// Deployments, steady churn, a burst of scale-downs, quiet) replayed for every setup, each run on a
+// kube-proxy of its own, KPTUNE_TRACE_REPS repetitions from KPTUNE_TRACE_FIRST_REP, the setups
+// in an order drawn anew for each repetition (interleaved, not grouped). Each run is appended to
+// KPTUNE_TRACE_OUT (JSON lines) as soon as it ends, so that runs split over several sessions merge.
+func TestTrace(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	var b Bed
+	scale := env("KPTUNE_TRACE_SCALE", "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
+		t.Fatalf("KPTUNE_TRACE_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
+	}
+	b.Deployments = envInt("KPTUNE_TRACE_DEPLOYMENTS", 5)
+	trace := Day(envDuration("KPTUNE_TRACE_UNIT", 30*time.Second), b.Deployments)
+	var setups []Setup
+	for _, mode := range strings.Split(env("KPTUNE_TRACE_MODES", "iptables"), ",") {
+		for _, p := range strings.Split(env("KPTUNE_TRACE_SETUPS", "100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective"), ",") {
+			switch p {
+			case "adaptive":
+				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_TRACE_ADAPTIVE",
+					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
+			case "objective":
+				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_TRACE_OBJECTIVE",
+					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\n")})
+			default:
+				d, err := time.ParseDuration(p)
+				if err != nil {
+					t.Fatalf("KPTUNE_TRACE_SETUPS: %v", err)
+				}
+				setups = append(setups, Setup{Mode: mode, Period: d})
+			}
+		}
+	}
+	out := env("KPTUNE_TRACE_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "trace", scale+".jsonl"))
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	o := options(t)
+	first, reps := envInt("KPTUNE_TRACE_FIRST_REP", 1), envInt("KPTUNE_TRACE_REPS", 1)
+	for rep := first; rep < first+reps; rep++ {
+		order := slices.Clone(setups)
+		rng := rand.New(rand.NewPCG(uint64(rep), 0x7ace))
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, s := range order {
+			r, err := RunTrace(ctx, b, s, trace, rep, 0x7ace, envDuration("KPTUNE_TRACE_WARMUP", 10*time.Second), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, werr := f.Write(append(line, '\n'))
+			if err := errors.Join(werr, f.Close()); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range r.Phases {
+				if p.SyncFailures != 0 {
+					t.Errorf("%s rep %d, %s: %v failed syncs", r.Name, rep, p.Phase, p.SyncFailures)
+				}
+			}
 		}
 	}
 }

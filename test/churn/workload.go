@@ -53,28 +53,34 @@ const DeployEndpoints = 100
 
 // Bed is a control plane loaded for the bench: Services 0..Services-1 of Endpoints endpoints
 // (which steady churn changes), a probe Service (index Services) whose changes are timed into the
-// rules, and a Deployment's Service (index Services+1) of DeployEndpoints endpoints.
+// rules, and Deployments' Services (from index Services+1; one if Deployments is 0) of
+// DeployEndpoints endpoints each.
 type Bed struct {
 	C                   *testbed.Cluster
 	Services, Endpoints int
+	Deployments         int
 }
 
 // Probe is the probe Service's index.
 func (b Bed) Probe() int { return b.Services }
 
-// Deploy is the Deployment Service's index.
+// Deploy is the first Deployment Service's index.
 func (b Bed) Deploy() int { return b.Services + 1 }
 
 // All is how many Services the bed holds.
-func (b Bed) All() int { return b.Services + 2 }
+func (b Bed) All() int { return b.Services + 1 + max(b.Deployments, 1) }
 
 // Load creates the bed's Services.
 func (b Bed) Load(ctx context.Context) error {
 	if err := b.C.Load(ctx, b.All(), b.Endpoints); err != nil {
 		return err
 	}
-	_, err := b.C.SetEndpoints(ctx, b.Deploy(), DeployEndpoints, 0)
-	return err
+	for k := range max(b.Deployments, 1) {
+		if _, err := b.C.SetEndpoints(ctx, b.Deploy()+k, DeployEndpoints, 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Start starts a workload; nil for Quiet.

@@ -140,6 +140,7 @@ type ChurnOptions struct {
 	Rate      float64 // EndpointSlice changes a second
 	Services  int     // changes go to Services 0..Services-1, chosen at random
 	Endpoints int     // endpoints a slice keeps
+	Seed      uint64  // non-zero: the same choice of Services, change after change, in every churn
 }
 
 // Churner makes changes until stopped.
@@ -213,8 +214,12 @@ func (c *Cluster) Churn(ctx context.Context, o ChurnOptions) (*Churner, error) {
 	var mu sync.Mutex
 	gens := make([]int, o.Services)
 	gap := time.Duration(float64(time.Second) / o.Rate)
+	pick := rand.IntN
+	if o.Seed != 0 {
+		pick = rand.New(rand.NewPCG(o.Seed, o.Seed)).IntN // called by Drive's one goroutine
+	}
 	return Drive(ctx, 8, func(int) Step {
-		i := rand.IntN(o.Services)
+		i := pick(o.Services)
 		mu.Lock()
 		gens[i]++
 		gen := gens[i]

@@ -1,0 +1,414 @@
+// Command tracereport turns the trace bench's runs (bench/results/trace/*.jsonl, `make bench-trace`)
+// into a Markdown report with its tables and SVG plots: for each scale and mode, each setup's
+// kube-proxy CPU and network programming latency p99 in each phase of the trace, as medians over the
+// repetitions with bootstrap 95 % intervals, and the judgements the objective asks for made on the
+// intervals.
+//
+//	go run ./test/cmd/tracereport -in bench/results/trace -out bench/trace
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"kptune/test/churn"
+)
+
+// objective is the latency objective the report judges by: p99 ≤ 10 s.
+const objective = 10.0
+
+func main() {
+	in := flag.String("in", "bench/results/trace", "directory of the trace bench's runs (*.jsonl)")
+	out := flag.String("out", "bench/trace", "directory for the report (README.md) and its plots")
+	flag.Parse()
+	if err := run(*in, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "tracereport:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, out string) error {
+	runs, err := load(in)
+	if err != nil {
+		return err
+	}
+	if len(runs) == 0 {
+		return fmt.Errorf("no runs in %s: run make bench-trace first", in)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(out, "README.md"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return report(f, out, runs)
+}
+
+// load reads every run of every *.jsonl file in dir, in file order.
+func load(dir string) ([]churn.TraceRun, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	var runs []churn.TraceRun
+	for _, file := range files {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
+		for n := 1; sc.Scan(); n++ {
+			var r churn.TraceRun
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("%s:%d: %w", file, n, err)
+			}
+			runs = append(runs, r)
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return runs, nil
+}
+
+// Interval is a median with a bootstrap confidence interval; N is the number of values, and a
+// missing figure (no value) is NaN throughout.
+type Interval struct {
+	Median, Low, High float64
+	N                 int
+}
+
+// bootstrap is the median of xs (NaNs dropped) with a 95 % percentile bootstrap interval from
+// resamples drawn with a fixed seed, so that the report is the same each time it is made.
+func bootstrap(xs []float64) Interval {
+	var v []float64
+	for _, x := range xs {
+		if !math.IsNaN(x) {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return Interval{math.NaN(), math.NaN(), math.NaN(), 0}
+	}
+	const resamples = 4000
+	rng := rand.New(rand.NewPCG(1, 2))
+	meds := make([]float64, resamples)
+	s := make([]float64, len(v))
+	for i := range meds {
+		for j := range s {
+			s[j] = v[rng.IntN(len(v))]
+		}
+		meds[i] = median(s)
+	}
+	slices.Sort(meds)
+	return Interval{Median: median(v), Low: meds[resamples*25/1000], High: meds[resamples*975/1000-1], N: len(v)}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// cell is one setup in one phase: its CPU and its p99 over the repetitions.
+type cell struct {
+	cpu, p99 Interval
+	changes  float64 // median latency samples a run
+}
+
+// table is one scale and mode: setups × phases.
+type table struct {
+	scale, mode string
+	setups      []string // static periods in increasing order, then the agents
+	phases      []string
+	cells       map[string]map[string]cell // setup → phase → cell
+	whole       map[string]Interval        // setup → CPU over the whole trace
+	worst       map[string]Interval        // setup → the worst phase's p99 (per run, then over runs)
+	reps        map[string]int
+	build       string
+}
+
+func tables(runs []churn.TraceRun) []*table {
+	byKey := map[string]*table{}
+	var keys []string
+	type acc struct{ cpu, p99, n, whole, worst []float64 }
+	accs := map[string]map[string]map[string]*acc{}
+	wholeAcc := map[string]map[string]*acc{}
+	for _, r := range runs {
+		key := fmt.Sprintf("%dx%d %s", r.Services, r.Endpoints, r.Setup.Mode)
+		t := byKey[key]
+		if t == nil {
+			t = &table{scale: fmt.Sprintf("%d × %d", r.Services, r.Endpoints), mode: r.Setup.Mode, cells: map[string]map[string]cell{},
+				whole: map[string]Interval{}, worst: map[string]Interval{}, reps: map[string]int{}, build: r.Build}
+			byKey[key] = t
+			keys = append(keys, key)
+			accs[key] = map[string]map[string]*acc{}
+			wholeAcc[key] = map[string]*acc{}
+		}
+		if !slices.Contains(t.setups, r.Name) {
+			t.setups = append(t.setups, r.Name)
+		}
+		t.reps[r.Name]++
+		if accs[key][r.Name] == nil {
+			accs[key][r.Name] = map[string]*acc{}
+			wholeAcc[key][r.Name] = &acc{}
+		}
+		var cpuSec, secs, worst float64
+		for _, p := range r.Phases {
+			if !slices.Contains(t.phases, p.Phase) {
+				t.phases = append(t.phases, p.Phase)
+			}
+			a := accs[key][r.Name][p.Phase]
+			if a == nil {
+				a = &acc{}
+				accs[key][r.Name][p.Phase] = a
+			}
+			a.cpu = append(a.cpu, p.CPUCores)
+			a.p99 = append(a.p99, float64(p.LatencyP99))
+			a.n = append(a.n, float64(p.LatencyCount))
+			cpuSec += p.CPUCores * p.Seconds
+			secs += p.Seconds
+			if l := float64(p.LatencyP99); !math.IsNaN(l) {
+				worst = max(worst, l)
+			}
+		}
+		w := wholeAcc[key][r.Name]
+		w.whole = append(w.whole, cpuSec/secs)
+		w.worst = append(w.worst, worst)
+	}
+	var out []*table
+	for _, key := range keys {
+		t := byKey[key]
+		for setup, phases := range accs[key] {
+			t.cells[setup] = map[string]cell{}
+			for phase, a := range phases {
+				t.cells[setup][phase] = cell{cpu: bootstrap(a.cpu), p99: bootstrap(a.p99), changes: median(a.n)}
+			}
+			t.whole[setup] = bootstrap(wholeAcc[key][setup].whole)
+			t.worst[setup] = bootstrap(wholeAcc[key][setup].worst)
+		}
+		slices.SortStableFunc(t.setups, func(a, b string) int { return order(a) - order(b) })
+		out = append(out, t)
+	}
+	return out
+}
+
+// order sorts static setups by period, the agents after them.
+func order(name string) int {
+	if d, err := time.ParseDuration(strings.TrimPrefix(name, "static ")); err == nil {
+		return int(d / time.Millisecond)
+	}
+	if name == "adaptive" {
+		return 1 << 30
+	}
+	return 1<<30 + 1
+}
+
+func static(name string) bool { return strings.HasPrefix(name, "static ") }
+
+// meets says whether a p99 interval meets the objective: "yes" (its upper bound does), "no" (its
+// lower bound does not), "?" (the interval straddles it), "–" (no change measured).
+func meets(i Interval) string {
+	switch {
+	case i.N == 0:
+		return "–"
+	case i.High <= objective:
+		return "yes"
+	case i.Low > objective:
+		return "no"
+	}
+	return "?"
+}
+
+func fmtI(i Interval, format string) string {
+	if i.N == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format+" ["+format+", "+format+"]", i.Median, i.Low, i.High)
+}
+
+func report(w io.Writer, dir string, runs []churn.TraceRun) error {
+	fmt.Fprintf(w, "# The trace bench: a cluster's day, every setup\n\n")
+	fmt.Fprintf(w, "Generated by `make bench-report` (`go run ./test/cmd/tracereport`) from `bench/results/trace/*.jsonl`, %d runs; do not edit.\n\n", len(runs))
+	fmt.Fprintf(w, "Each run is one setup through the whole trace on a kube-proxy of its own; the setups of a repetition ran in an order drawn\n")
+	fmt.Fprintf(w, "for it. Figures are medians over the repetitions with 95 %% bootstrap intervals `median [low, high]`. CPU is kube-proxy's\n")
+	fmt.Fprintf(w, "with its children, in cores; p99 is kube-proxy's own network programming latency (seconds) over the phase. The objective is\n")
+	fmt.Fprintf(w, "p99 ≤ %g s: a setup meets it in a phase where its interval's upper bound does, misses it where its lower bound does not,\n", objective)
+	fmt.Fprintf(w, "and is undecided (?) otherwise.\n\n")
+	for _, t := range tables(runs) {
+		slug := strings.NewReplacer(" × ", "x", " ", "-").Replace(t.scale + " " + t.mode)
+		fmt.Fprintf(w, "## %s Services × endpoints, %s\n\n", t.scale, t.mode)
+		fmt.Fprintf(w, "kube-proxy %s. Repetitions:", t.build)
+		for _, s := range t.setups {
+			fmt.Fprintf(w, " %s %d;", s, t.reps[s])
+		}
+		fmt.Fprintf(w, "\n\n")
+		for _, what := range []struct {
+			title  string
+			format string
+			get    func(cell) Interval
+		}{{"kube-proxy CPU (cores)", "%.3f", func(c cell) Interval { return c.cpu }}, {"network programming latency p99 (s)", "%.1f", func(c cell) Interval { return c.p99 }}} {
+			fmt.Fprintf(w, "### %s\n\n| setup | %s |\n|---|%s\n", what.title, strings.Join(t.phases, " | "), strings.Repeat("---|", len(t.phases)))
+			for _, s := range t.setups {
+				fmt.Fprintf(w, "| %s |", s)
+				for _, p := range t.phases {
+					c, ok := t.cells[s][p]
+					v := "–"
+					if ok {
+						v = fmtI(what.get(c), what.format)
+						if what.format == "%.1f" && c.p99.N > 0 {
+							v += " " + meets(c.p99)
+						}
+					}
+					fmt.Fprintf(w, " %s |", v)
+				}
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "### The whole trace\n\n| setup | CPU (cores, time-weighted) | worst phase p99 (s) | meets the objective throughout | dominated by |\n|---|---|---|---|---|\n")
+		for _, s := range t.setups {
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", s, fmtI(t.whole[s], "%.3f"), fmtI(t.worst[s], "%.1f"), meets(t.worst[s]), strings.Join(dominators(t, s), ", "))
+		}
+		fmt.Fprintf(w, "\nA setup is dominated by another whose whole-trace CPU interval lies wholly below its own and whose worst-phase p99\n")
+		fmt.Fprintf(w, "interval lies wholly below its own or wholly under the objective where its own is not.\n\n")
+		targets(w, t)
+		for _, what := range []struct {
+			name, ylabel string
+			get          func(cell) Interval
+			line         float64
+		}{{"cpu", "kube-proxy CPU (cores)", func(c cell) Interval { return c.cpu }, math.NaN()}, {"p99", "network programming latency p99 (s)", func(c cell) Interval { return c.p99 }, objective}} {
+			file := slug + "-" + what.name + ".svg"
+			if err := plotPhases(filepath.Join(dir, file), t, what.ylabel, what.get, what.line); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "![%s by phase](%s)\n\n", what.ylabel, file)
+		}
+	}
+	return nil
+}
+
+// dominators are the setups that dominate s over the whole trace, on the intervals.
+func dominators(t *table, s string) []string {
+	var out []string
+	for _, o := range t.setups {
+		if o == s || t.whole[o].N == 0 || t.whole[s].N == 0 {
+			continue
+		}
+		cheaper := t.whole[o].High < t.whole[s].Low
+		faster := t.worst[o].High < t.worst[s].Low || (meets(t.worst[o]) == "yes" && meets(t.worst[s]) != "yes")
+		if cheaper && faster {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// targets checks the objective agent against the static periods, phase by phase and over the
+// whole trace, as the bench's targets ask.
+func targets(w io.Writer, t *table) {
+	const agent = "objective"
+	if _, ok := t.cells[agent]; !ok {
+		return
+	}
+	fmt.Fprintf(w, "### The objective agent against the static periods\n\n| phase | cheapest static period meeting the objective | its CPU | the agent's CPU | agent / static | the agent meets it |\n|---|---|---|---|---|---|\n")
+	for _, p := range t.phases {
+		best := ""
+		for _, s := range t.setups {
+			if static(s) && meets(t.cells[s][p].p99) == "yes" && (best == "" || t.cells[s][p].cpu.Median < t.cells[best][p].cpu.Median) {
+				best = s
+			}
+		}
+		a := t.cells[agent][p]
+		if best == "" {
+			fmt.Fprintf(w, "| %s | none | – | %s | – | %s |\n", p, fmtI(a.cpu, "%.3f"), meets(a.p99))
+			continue
+		}
+		b := t.cells[best][p]
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s |\n", p, best, fmtI(b.cpu, "%.3f"), fmtI(a.cpu, "%.3f"), a.cpu.Median/b.cpu.Median, meets(a.p99))
+	}
+	fmt.Fprintln(w)
+}
+
+// plotPhases draws each setup's medians by phase with their intervals as error bars; a missing
+// figure is left out, never drawn as 0.
+func plotPhases(file string, t *table, ylabel string, get func(cell) Interval, line float64) error {
+	p := plot.New()
+	p.Y.Label.Text = ylabel
+	p.X.Label.Text = "phase of the trace"
+	names := make([]string, len(t.phases))
+	copy(names, t.phases)
+	p.NominalX(names...)
+	p.Legend.Left = false
+	p.Legend.Top = true
+	p.Legend.XOffs = vg.Points(-4)
+	width := 0.8 / float64(len(t.setups))
+	for i, s := range t.setups {
+		var xy plotter.XYs
+		var errs plotter.YErrors
+		for j, ph := range t.phases {
+			c, ok := t.cells[s][ph]
+			iv := get(c)
+			if !ok || iv.N == 0 || math.IsNaN(iv.Median) {
+				continue
+			}
+			xy = append(xy, plotter.XY{X: float64(j) - 0.4 + width*(float64(i)+0.5), Y: iv.Median})
+			errs = append(errs, struct{ Low, High float64 }{iv.Median - iv.Low, iv.High - iv.Median})
+		}
+		if len(xy) == 0 {
+			continue
+		}
+		pts, err := plotter.NewScatter(xy)
+		if err != nil {
+			return err
+		}
+		pts.Color, pts.Shape = plotutil.Color(i), plotutil.Shape(i)
+		bars, err := plotter.NewYErrorBars(struct {
+			plotter.XYer
+			plotter.YErrorer
+		}{xy, errs})
+		if err != nil {
+			return err
+		}
+		bars.Color = plotutil.Color(i)
+		p.Add(bars, pts)
+		p.Legend.Add(s, pts)
+	}
+	if !math.IsNaN(line) {
+		l, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: line}, {X: float64(len(t.phases)) - 0.5, Y: line}})
+		if err != nil {
+			return err
+		}
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("objective %g s", line), l)
+	}
+	// The legend goes right of the data, in a margin of its own.
+	p.X.Max = float64(len(t.phases)) + 0.8
+	return p.Save(10*vg.Inch, 5*vg.Inch, file)
+}

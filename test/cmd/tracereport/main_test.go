@@ -1,0 +1,106 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kptune/test/churn"
+)
+
+func TestBootstrap(t *testing.T) {
+	i := bootstrap([]float64{1, 2, 3, 4, 100, math.NaN()})
+	if i.N != 5 || i.Median != 3 || i.Low > 3 || i.High < 3 || i.Low < 1 || i.High > 100 {
+		t.Errorf("bootstrap: %+v", i)
+	}
+	if j := bootstrap([]float64{1, 2, 3, 4, 100}); j != i {
+		t.Errorf("not reproducible: %+v, then %+v", i, j)
+	}
+	if e := bootstrap([]float64{math.NaN()}); e.N != 0 || !math.IsNaN(e.Median) {
+		t.Errorf("no values: %+v", e)
+	}
+	same := bootstrap([]float64{2, 2, 2, 2, 2})
+	if same.Low != 2 || same.High != 2 {
+		t.Errorf("identical values: %+v", same)
+	}
+}
+
+func TestMeets(t *testing.T) {
+	for _, c := range []struct {
+		i    Interval
+		want string
+	}{
+		{Interval{8, 7, 9.9, 5}, "yes"},
+		{Interval{12, 10.5, 13, 5}, "no"},
+		{Interval{9, 8, 11, 5}, "?"},
+		{Interval{math.NaN(), math.NaN(), math.NaN(), 0}, "–"},
+	} {
+		if got := meets(c.i); got != c.want {
+			t.Errorf("%+v: %s, want %s", c.i, got, c.want)
+		}
+	}
+}
+
+// synthetic is a run: CPU and p99 per phase.
+func synthetic(name string, period time.Duration, rep int, cpu, p99 []float64) churn.TraceRun {
+	r := churn.TraceRun{Name: name, Rep: rep, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables",
+		Setup: churn.Setup{Mode: "iptables", Period: period}}
+	for i, phase := range []string{"quiet", "busy"} {
+		r.Phases = append(r.Phases, churn.PhaseResult{Phase: phase, Seconds: 60, CPUCores: cpu[i], LatencyP99: churn.Maybe(p99[i]), LatencyCount: 100})
+	}
+	return r
+}
+
+// TestReport: from runs on disk, the report's tables hold each setup's medians and intervals, the
+// judgements on them, and a missing latency as "–"; the plots are written.
+func TestReport(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	var lines []string
+	for rep := 1; rep <= 5; rep++ {
+		jitter := float64(rep) / 100
+		for _, r := range []churn.TraceRun{
+			synthetic("static 1s", time.Second, rep, []float64{0.05 + jitter, 1.0 + jitter}, []float64{math.NaN(), 2 + jitter}),
+			synthetic("static 30s", 30*time.Second, rep, []float64{0.05 + jitter, 0.2 + jitter}, []float64{math.NaN(), 31 + jitter}),
+			synthetic("objective", time.Second, rep, []float64{0.05 + jitter, 0.3 + jitter}, []float64{math.NaN(), 8 + jitter}),
+		} {
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, string(b))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(in, "1000x10.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(in, out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, want := range []string{
+		"## 1000 × 10 Services × endpoints, iptables",
+		"| static 1s | 0.080 [0.060, 0.100] | 1.030 [1.010, 1.050] |",
+		"| static 30s | – | 31.0 [31.0, 31.1] no |",
+		"| objective | – | 8.0 [8.0, 8.1] yes |",
+		"| busy | static 1s | 1.030 [1.010, 1.050] | 0.330 [0.310, 0.350] | 0.32 | yes |",
+		"| static 30s | 0.155 [0.135, 0.175] | 31.0 [31.0, 31.1] | no |  |",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("the report lacks %q:\n%s", want, doc)
+		}
+	}
+	for _, f := range []string{"1000x10-iptables-cpu.svg", "1000x10-iptables-p99.svg"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
