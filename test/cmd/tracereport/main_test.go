@@ -103,4 +103,3 @@ func TestReport(t *testing.T) {
 		}
 	}
 }
-
