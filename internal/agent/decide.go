@@ -372,10 +372,10 @@ func (s sample) inputs(prev sample, syncPeriod time.Duration, q float64) policy.
 		Window: s.at.Sub(prev.at), Syncs: float64(s.syncs - prev.syncs), SyncSeconds: s.syncSum - prev.syncSum,
 		CPUSeconds: (s.cpu - prev.cpu).Seconds(), Changes: s.changes - prev.changes, SyncPeriod: syncPeriod,
 	}
-	if q > 0 && len(s.latency) > 0 && len(prev.latency) == len(s.latency) {
+	if q > 0 {
 		if v := kpmetrics.Quantile(q, prev.latency, s.latency); !math.IsNaN(v) {
 			in.Latency = time.Duration(v * float64(time.Second))
-			in.LatencyChanges = float64(s.latency[len(s.latency)-1].Count - prev.latency[len(prev.latency)-1].Count)
+			in.LatencyChanges = float64(kpmetrics.Count(prev.latency, s.latency))
 		}
 	}
 	return in

@@ -132,7 +132,10 @@ func (s *fakeSampler) sample(context.Context, procfs.Process) (sample, error) {
 			}
 		}
 		s.last = s.now()
-		out.latency = slices.Clone(s.hist)
+		if s.hist[len(s.hist)-1].Count > 0 {
+			// As kube-proxy's labelled histogram: not exposed before its first sample.
+			out.latency = slices.Clone(s.hist)
+		}
 	}
 	return out, nil
 }
@@ -448,7 +451,11 @@ func TestDecisions(t *testing.T) {
 			s := &fakeSampler{kp: kp, start: b.clock, now: b.a.now, cost: 100 * time.Millisecond,
 				latency: func(p time.Duration) time.Duration { return time.Duration(0.99*float64(p)) + extra }}
 			b.a.node.sampler = s
-			b.rounds(60, 2*time.Second)
+			b.rounds(8, 2*time.Second) // the first window, from a sample without the histogram
+			if len(kp.sets) != 1 || kp.sets[0] != 2*time.Second {
+				t.Fatalf("after the first window: sets %v, want [2s] (up by the step from 1s)", kp.sets)
+			}
+			b.rounds(52, 2*time.Second)
 			steady := kp.period
 			if steady < 5*time.Second || steady > 8*time.Second {
 				t.Fatalf("steady churn: settled at %v (sets %v), want near the 8s aim less 0.7 s", steady, kp.sets)

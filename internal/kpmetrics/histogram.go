@@ -44,6 +44,23 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
+// Count is how many samples a histogram gained between two scrapes: its +Inf bucket's growth
+// (before empty: the histogram had no sample yet, as a labelled one is not exposed before its
+// first). 0 when the buckets of the two scrapes differ or count backwards.
+func Count(before, after []Bucket) uint64 {
+	if len(after) == 0 || (len(before) != 0 && len(before) != len(after)) {
+		return 0
+	}
+	n := after[len(after)-1].Count
+	if len(before) != 0 {
+		if before[len(before)-1].Count > n {
+			return 0
+		}
+		n -= before[len(before)-1].Count
+	}
+	return n
+}
+
 // Quantile estimates the q-quantile (0 ≤ q ≤ 1) of the samples a histogram gained between two
 // scrapes, as Prometheus's histogram_quantile does: linearly within the bucket that holds it, the
 // first bucket starting at 0; a quantile in the +Inf bucket is the largest finite bound. It returns

@@ -57,4 +57,19 @@ func TestQuantile(t *testing.T) {
 	if got := Quantile(0.5, before[:2], after); !math.IsNaN(got) {
 		t.Errorf("different buckets: got %v, want NaN", got)
 	}
+	for _, c := range []struct {
+		name          string
+		before, after []Bucket
+		want          uint64
+	}{
+		{"gained", before, after, after[3].Count - before[3].Count},
+		{"no histogram before its first sample", nil, after, after[3].Count},
+		{"none now", before, nil, 0},
+		{"counts went down", after, before, 0},
+		{"different buckets", before[:2], after, 0},
+	} {
+		if got := Count(c.before, c.after); got != c.want {
+			t.Errorf("Count, %s: %d, want %d", c.name, got, c.want)
+		}
+	}
 }

@@ -399,9 +399,7 @@ func measure(ctx context.Context, b Bed, kp *testbed.KubeProxy, w Workload, leng
 	win.CPUCores = (cpu1 - cpu0).Seconds() / elapsed.Seconds()
 	nb, na := before.Buckets(kpmetrics.NetworkProgramming), after.Buckets(kpmetrics.NetworkProgramming)
 	win.NetProgP50, win.NetProgP99 = Maybe(kpmetrics.Quantile(0.5, nb, na)), Maybe(kpmetrics.Quantile(0.99, nb, na))
-	if len(na) > 0 && len(nb) == len(na) {
-		win.NetProgCount = na[len(na)-1].Count - nb[len(nb)-1].Count
-	}
+	win.NetProgCount = kpmetrics.Count(nb, na)
 	win.SyncFailures = after.Value(kpmetrics.RestoreFailures) + after.Value(kpmetrics.NFTablesFailures) -
 		before.Value(kpmetrics.RestoreFailures) - before.Value(kpmetrics.NFTablesFailures)
 	win.Execs = map[string]int{}

@@ -151,9 +151,7 @@ func runPhase(ctx context.Context, b Bed, kp *testbed.KubeProxy, p Phase, seed u
 	pr.Changes = int64(after.Value(kpmetrics.EndpointChanges) - before.Value(kpmetrics.EndpointChanges))
 	nb, na := before.Buckets(kpmetrics.NetworkProgramming), after.Buckets(kpmetrics.NetworkProgramming)
 	pr.LatencyP50, pr.LatencyP99 = Maybe(kpmetrics.Quantile(0.5, nb, na)), Maybe(kpmetrics.Quantile(0.99, nb, na))
-	if len(na) > 0 && len(nb) == len(na) {
-		pr.LatencyCount = na[len(na)-1].Count - nb[len(nb)-1].Count
-	}
+	pr.LatencyCount = kpmetrics.Count(nb, na)
 	pr.SyncFailures = after.Value(kpmetrics.RestoreFailures) + after.Value(kpmetrics.NFTablesFailures) -
 		before.Value(kpmetrics.RestoreFailures) - before.Value(kpmetrics.NFTablesFailures)
 	if pr.PeriodEnd, err = currentPeriod(ctx, kp); err != nil {
