@@ -332,7 +332,7 @@ func TestTrace(t *testing.T) {
 					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
 			case "objective":
 				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_TRACE_OBJECTIVE",
-					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\n")})
+					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\nmaxStep: 8\n")})
 			default:
 				d, err := time.ParseDuration(p)
 				if err != nil {
