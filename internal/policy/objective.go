@@ -73,13 +73,7 @@ func (o Objective) Needs() Needs { return Needs{Measures: true, LatencyQuantile:
 
 // Decide implements Policy.
 func (o Objective) Decide(current time.Duration, in Inputs) Decision {
-	ceiling := o.Ceiling
-	if in.SyncPeriod > 0 && in.SyncPeriod < ceiling {
-		ceiling = in.SyncPeriod
-	}
-	clamp := func(d time.Duration) time.Duration {
-		return min(max(d.Round(time.Millisecond), o.Floor), max(ceiling, o.Floor))
-	}
+	clamp := clamper(o.Floor, o.Ceiling, in.SyncPeriod)
 	if current <= 0 {
 		current = o.Floor
 	}

@@ -118,17 +118,21 @@ func (a Adaptive) Name() string { return "adaptive" }
 // Needs implements Policy.
 func (a Adaptive) Needs() Needs { return Needs{Measures: true} }
 
+// clamper holds a period within floor and ceiling, and under kube-proxy's syncPeriod: its
+// validation rejects minSyncPeriod > syncPeriod, and /healthz fails once a change waits 2 ×
+// syncPeriod. Periods are kept to the millisecond.
+func clamper(floor, ceiling, syncPeriod time.Duration) func(time.Duration) time.Duration {
+	if syncPeriod > 0 && syncPeriod < ceiling {
+		ceiling = syncPeriod
+	}
+	return func(d time.Duration) time.Duration {
+		return min(max(d.Round(time.Millisecond), floor), max(ceiling, floor))
+	}
+}
+
 // Decide implements Policy.
 func (a Adaptive) Decide(current time.Duration, in Inputs) Decision {
-	ceiling := a.Ceiling
-	if in.SyncPeriod > 0 && in.SyncPeriod < ceiling {
-		// kube-proxy's validation rejects minSyncPeriod > syncPeriod, and /healthz fails once a
-		// change waits 2 × syncPeriod.
-		ceiling = in.SyncPeriod
-	}
-	clamp := func(d time.Duration) time.Duration {
-		return min(max(d.Round(time.Millisecond), a.Floor), max(ceiling, a.Floor))
-	}
+	clamp := clamper(a.Floor, a.Ceiling, in.SyncPeriod)
 	if current <= 0 {
 		current = a.Floor
 	}

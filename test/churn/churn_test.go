@@ -97,24 +97,7 @@ func TestBench(t *testing.T) {
 		}
 		workloads = append(workloads, w)
 	}
-	var setups []Setup
-	for _, mode := range strings.Split(env("KPTUNE_CHURN_MODES", "iptables,nftables"), ",") {
-		for _, p := range strings.Split(env("KPTUNE_CHURN_SETUPS", "1s,adaptive,5s,live,2s,10s,100ms,30s"), ",") {
-			switch p {
-			case "live":
-				setups = append(setups, Setup{Mode: mode, Period: time.Second, RetuneTo: 10 * time.Second})
-			case "adaptive":
-				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_CHURN_ADAPTIVE",
-					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
-			default:
-				d, err := time.ParseDuration(p)
-				if err != nil {
-					t.Fatalf("KPTUNE_CHURN_SETUPS: %v", err)
-				}
-				setups = append(setups, Setup{Mode: mode, Period: d})
-			}
-		}
-	}
+	setups := setupsFromEnv(t, "KPTUNE_CHURN", "iptables,nftables", "1s,adaptive,5s,live,2s,10s,100ms,30s")
 	t0 := time.Now()
 	b.C, _ = testbed.Start(t, 0, 0)
 	if err := b.Load(ctx); err != nil {
@@ -323,25 +306,7 @@ func TestTrace(t *testing.T) {
 	}
 	b.Deployments = envInt("KPTUNE_TRACE_DEPLOYMENTS", 5)
 	trace := Day(envDuration("KPTUNE_TRACE_UNIT", 30*time.Second), b.Deployments)
-	var setups []Setup
-	for _, mode := range strings.Split(env("KPTUNE_TRACE_MODES", "iptables"), ",") {
-		for _, p := range strings.Split(env("KPTUNE_TRACE_SETUPS", "100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective"), ",") {
-			switch p {
-			case "adaptive":
-				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_TRACE_ADAPTIVE",
-					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
-			case "objective":
-				setups = append(setups, Setup{Mode: mode, Period: time.Second, Adaptive: env("KPTUNE_TRACE_OBJECTIVE",
-					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\nmaxStep: 8\n")})
-			default:
-				d, err := time.ParseDuration(p)
-				if err != nil {
-					t.Fatalf("KPTUNE_TRACE_SETUPS: %v", err)
-				}
-				setups = append(setups, Setup{Mode: mode, Period: d})
-			}
-		}
-	}
+	setups := setupsFromEnv(t, "KPTUNE_TRACE", "iptables", "100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective")
 	out := env("KPTUNE_TRACE_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "trace", scale+".jsonl"))
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
@@ -382,4 +347,32 @@ func TestTrace(t *testing.T) {
 			}
 		}
 	}
+}
+
+// setupsFromEnv reads the setups of each mode: PREFIX_MODES and PREFIX_SETUPS (static periods,
+// "live": 1s retuned to 10s by kptune set, "adaptive" and "objective": the agent from 1s with
+// PREFIX_ADAPTIVE or PREFIX_OBJECTIVE as its configuration).
+func setupsFromEnv(t *testing.T, prefix, modes, setups string) []Setup {
+	var out []Setup
+	for _, mode := range strings.Split(env(prefix+"_MODES", modes), ",") {
+		for _, p := range strings.Split(env(prefix+"_SETUPS", setups), ",") {
+			switch p {
+			case "live":
+				out = append(out, Setup{Mode: mode, Period: time.Second, RetuneTo: 10 * time.Second})
+			case "adaptive":
+				out = append(out, Setup{Mode: mode, Period: time.Second, Adaptive: env(prefix+"_ADAPTIVE",
+					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
+			case "objective":
+				out = append(out, Setup{Mode: mode, Period: time.Second, Adaptive: env(prefix+"_OBJECTIVE",
+					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\nmaxStep: 8\n")})
+			default:
+				d, err := time.ParseDuration(p)
+				if err != nil {
+					t.Fatalf("%s_SETUPS: %v", prefix, err)
+				}
+				out = append(out, Setup{Mode: mode, Period: d})
+			}
+		}
+	}
+	return out
 }
