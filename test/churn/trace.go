@@ -90,12 +90,12 @@ func RunTrace(ctx context.Context, b Bed, s Setup, trace []Phase, rep int, seed 
 	if err := kp.WaitSynced(ctx, 1, 15*time.Minute); err != nil {
 		return r, err
 	}
+	var agent *testbed.Process
 	if s.Adaptive != "" {
-		agent, err := startAgent(b.C, kp, s.Adaptive, o)
-		if err != nil {
+		if agent, err = startAgent(b.C, kp, s.Adaptive, o); err != nil {
 			return r, err
 		}
-		defer func() { agent.Stop(); r.Agent = decisions(agent.Log()) }()
+		defer agent.Stop()
 	}
 	time.Sleep(warmup)
 	for i, p := range trace {
@@ -106,6 +106,9 @@ func RunTrace(ctx context.Context, b Bed, s Setup, trace []Phase, rep int, seed 
 		o.Log("%s rep %d, %s: %.3f cores, %d syncs, p99 %.2fs over %d changes, period %v at its end",
 			s.Name(), rep, p.Name, pr.CPUCores, pr.Syncs, float64(pr.LatencyP99), pr.LatencyCount, pr.PeriodEnd)
 		r.Phases = append(r.Phases, pr)
+	}
+	if agent != nil {
+		r.Agent = decisions(agent.Log())
 	}
 	return r, nil
 }
