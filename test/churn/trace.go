@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"kptune/internal/kpmetrics"
@@ -69,7 +70,7 @@ type TraceRun struct {
 // choice of Services the same in every run.
 func RunTrace(ctx context.Context, b Bed, s Setup, trace []Phase, rep int, seed uint64, warmup time.Duration, o Options) (TraceRun, error) {
 	r := TraceRun{Setup: s, Name: s.Name(), Rep: rep, Services: b.Services, Endpoints: b.Endpoints,
-		Build: o.Build.String() + " " + s.Mode, Commit: commit(), When: time.Now().UTC().Format(time.RFC3339)}
+		Build: o.Build.String() + " " + s.Mode, Commit: startCommit(), When: time.Now().UTC().Format(time.RFC3339)}
 	if s.Mode == testbed.IPTables {
 		r.Build += " (legacy backend)"
 	}
@@ -188,6 +189,10 @@ func (b Bed) startPhase(ctx context.Context, p Phase, seed uint64) ([]*testbed.C
 	}
 	return nil, fmt.Errorf("unknown workload %+v", w)
 }
+
+// startCommit is the repository's commit when the first run started: the code the test binary was
+// built from, whatever is committed while it runs.
+var startCommit = sync.OnceValue(commit)
 
 // commit is the repository's commit, for the record ("" where git cannot tell).
 func commit() string {

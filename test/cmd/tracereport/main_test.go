@@ -77,7 +77,7 @@ func TestReport(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(in, "1000x10.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(in, out); err != nil {
+	if err := generate(in, out); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(out, "README.md"))
@@ -86,7 +86,7 @@ func TestReport(t *testing.T) {
 	}
 	doc := string(b)
 	for _, want := range []string{
-		"## 1000 × 10 Services × endpoints, iptables",
+		"## 1000x10: 1000 × 10 Services × endpoints, iptables",
 		"| static 1s | 0.080 [0.060, 0.100] | 1.030 [1.010, 1.050] |",
 		"| static 30s | – | 31.0 [31.0, 31.1] no |",
 		"| objective | – | 8.0 [8.0, 8.1] yes |",
