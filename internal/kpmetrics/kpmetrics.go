@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -52,7 +53,7 @@ type Snapshot struct {
 // (the rest of kube-proxy's page, its Go runtime and client metrics, is most of it, and parsing it
 // most of what a reading costs).
 func Parse(r io.Reader, only ...string) (Snapshot, error) {
-	r = io.LimitReader(r, maxBody)
+	r = capped(r, maxBody)
 	if len(only) > 0 {
 		var err error
 		if r, err = filter(r, only); err != nil {
@@ -96,7 +97,37 @@ func filter(r io.Reader, only []string) (io.Reader, error) {
 			out.WriteByte('\n')
 		}
 	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return nil, fmt.Errorf("a line longer than %d bytes: not a kube-proxy's metrics page", maxLine)
+	}
 	return &out, sc.Err()
+}
+
+// capped reads at most limit bytes of r, and fails rather than stop quietly when r holds more: a
+// page cut short would parse as one without the families past the cut.
+func capped(r io.Reader, limit int64) io.Reader {
+	return &capReader{r: r, limit: limit, left: limit}
+}
+
+type capReader struct {
+	r           io.Reader
+	limit, left int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		var one [1]byte
+		if n, _ := io.ReadFull(c.r, one[:]); n > 0 {
+			return 0, fmt.Errorf("more than %d bytes: not a kube-proxy's metrics page", c.limit)
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 // maxLine bounds one line of the page (a sample with its labels: well under a KiB).

@@ -75,3 +75,34 @@ func TestParseOnly(t *testing.T) {
 		t.Errorf("families parsed: %d, want the 2 asked for", len(s.Families))
 	}
 }
+
+// TestParseBounds: a page past maxBody, or a line past maxLine where the families are picked out, is
+// an error, not a page cut short that reads as one without the families past the cut.
+func TestParseBounds(t *testing.T) {
+	filler := func(n int) string { // valid comment lines, n bytes
+		line := "# " + strings.Repeat("x", 1021) + "\n"
+		rest := n % len(line)
+		if rest > 0 {
+			return strings.Repeat(line, n/len(line)) + strings.Repeat("#", rest-1) + "\n"
+		}
+		return strings.Repeat(line, n/len(line))
+	}
+	atBound := filler(maxBody - len(dualStack))
+	if len(atBound)+len(dualStack) != maxBody {
+		t.Fatalf("filler: %d bytes, want %d", len(atBound)+len(dualStack), maxBody)
+	}
+	for _, only := range [][]string{nil, {EndpointChanges}} {
+		s, err := Parse(strings.NewReader(atBound+dualStack), only...)
+		if err != nil || s.Value(EndpointChanges) != 42 {
+			t.Errorf("only %v: a page of exactly %d bytes: %v, endpoint changes %v", only, maxBody, err, s.Value(EndpointChanges))
+		}
+		_, err = Parse(strings.NewReader("#\n"+atBound+dualStack), only...)
+		if err == nil || !strings.Contains(err.Error(), "more than") {
+			t.Errorf("only %v: a page one byte past %d: %v, want the bound named", only, maxBody, err)
+		}
+	}
+	long := "kubeproxy_sync_proxy_rules_endpoint_changes_total{x=\"" + strings.Repeat("a", maxLine) + "\"} 1\n"
+	if _, err := Parse(strings.NewReader(dualStack+long), EndpointChanges); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("a line past %d bytes: %v, want the bound named", maxLine, err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -170,19 +171,22 @@ func StatusField(path, key string) (string, error) {
 // maxStatus bounds what is read of a status file (a few kB).
 const maxStatus = 64 << 10
 
-// readBounded reads at most limit bytes of a file.
+// readBounded reads a file of at most limit bytes; a longer one is an error, not read in part (a
+// line cut at the bound would read as a different value).
 func readBounded(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b := make([]byte, limit)
-	n, err := f.Read(b)
-	if err != nil && n == 0 {
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
 		return nil, err
 	}
-	return b[:n], nil
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: more than %d bytes", path, limit)
+	}
+	return b, nil
 }
 
 // UIDs returns the real and effective user IDs of process pid (/proc/PID/status).

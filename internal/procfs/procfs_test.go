@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -61,5 +63,33 @@ func TestCPU(t *testing.T) {
 	}
 	if _, err := CPU(999999999); !errors.Is(err, ErrGone) {
 		t.Errorf("a missing process: %v", err)
+	}
+}
+
+// TestStatusFieldBounds: a status file past maxStatus is an error, not read in part (a line cut at
+// the bound would read as another value).
+func TestStatusFieldBounds(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	pad := func(n int) string { return strings.Repeat("Junk:\t0\n", n/8) + strings.Repeat("\n", n%8) }
+	field := "TracerPid:\t1234\n"
+	if v, err := StatusField(write("fits", pad(maxStatus-len(field))+field), "TracerPid"); err != nil || v != "1234" {
+		t.Errorf("a status of exactly %d bytes: %q, %v", maxStatus, v, err)
+	}
+	// One byte more, and the bound would cut the value to "123".
+	if v, err := StatusField(write("over", pad(maxStatus-len(field)+2)+field), "TracerPid"); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("a status past %d bytes: %q, %v; want an error naming the bound", maxStatus, v, err)
+	}
+	if _, err := StatusField(write("none", pad(100)), "TracerPid"); err == nil {
+		t.Error("a status without the field: no error")
+	}
+	if v, err := StatusField("/proc/self/status", "TracerPid"); err != nil || v != "0" {
+		t.Errorf("own TracerPid: %q, %v", v, err)
 	}
 }
