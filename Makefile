@@ -65,13 +65,13 @@ bench-churn: prebuild
 # Deployments, steady churn, a burst of scale-downs, quiet) replayed for every setup, each run on a
 # fresh kube-proxy, the setups in an order drawn for each repetition; TRACE_REPS repetitions from
 # TRACE_FIRST_REP. Each run is appended to TRACE_OUT as it ends, so that repetitions split over
-# several sessions merge. About 6 minutes a run at 5000x10 with the default 30s unit (ten setups: an
-# hour a repetition and mode). Then the reports are made again.
+# several sessions merge. About 6 minutes a run at 5000x10 with the default 30s unit (eleven setups:
+# over an hour a repetition and mode). Then the reports are made again.
 TRACE_SCALE ?= 5000x10
 TRACE_MODES ?= iptables
 TRACE_REPS ?= 1
 TRACE_FIRST_REP ?= 1
-TRACE_SETUPS ?= 100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective
+TRACE_SETUPS ?= 100ms,1s,2s,5s,10s,15s,20s,30s,live,adaptive,objective
 TRACE_UNIT ?= 30s
 TRACE_OUT ?= bench/results/trace/$(TRACE_SCALE).jsonl
 bench-trace: prebuild

@@ -50,6 +50,9 @@ type managed struct {
 	desired time.Duration
 	decided time.Time
 	window  *sample
+	// first: the window is the first since the agent began measuring or kube-proxy was idle, judged
+	// as soon as it holds enough (policy.Needs.MinChanges).
+	first bool
 	seen    map[time.Duration]spent // what each period cost lately
 	// idle: the last window held no sync; idleCores is what kube-proxy spent over it.
 	idle      bool
@@ -69,7 +72,7 @@ type managed struct {
 // resetAdaptive forgets what the adaptive policy measured: its windows belong to another period
 // source or configuration.
 func (mp *managed) resetAdaptive() {
-	mp.desired, mp.decided, mp.window, mp.seen, mp.idle = 0, time.Time{}, nil, nil, false
+	mp.desired, mp.decided, mp.window, mp.seen, mp.idle, mp.first = 0, time.Time{}, nil, nil, false, false
 }
 
 // tend locates, reads, decides and writes for one kube-proxy.
@@ -193,18 +196,22 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 	needs := a.pol.Needs()
 	if mp.window == nil {
 		if s, err := a.node.sampler.sample(ctx, mp.proc); err == nil {
-			mp.window, mp.decided = &s, now
+			mp.window, mp.decided, mp.first = &s, now, true
 		}
 		return mp.desired
 	}
 	// A window of at least three periods: over fewer, syncs (and their CPU) arrive in lumps. A
 	// latency objective is judged on one: the changes measured make the window, and a missed
-	// objective is not to wait three long periods.
+	// objective is not to wait three long periods. A first window is judged as soon as it holds a
+	// period and the changes the policy needs: the period it starts at (kube-proxy's own, or the one
+	// held through a quiet spell) may be far from the one the load wants.
 	periods := time.Duration(3)
 	if needs.LatencyQuantile > 0 {
 		periods = 1
 	}
-	if now.Sub(mp.decided) < max(a.cfg.DecideEvery.Duration, periods*current) {
+	elapsed := now.Sub(mp.decided)
+	early := mp.first && needs.MinChanges > 0 && elapsed >= current
+	if elapsed < max(a.cfg.DecideEvery.Duration, periods*current) && !early {
 		return mp.desired
 	}
 	if mp.idle {
@@ -220,7 +227,7 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 			// The window since the last reading is mostly idle and would understate what the period
 			// costs now: a fresh one starts here.
 			if s, err := a.node.sampler.sample(ctx, mp.proc); err == nil {
-				mp.window, mp.decided, mp.idle = &s, now, false
+				mp.window, mp.decided, mp.idle, mp.first = &s, now, false, true
 				a.log.Info("kube-proxy is busy again", "pid", mp.proc.PID)
 			}
 			return mp.desired
@@ -232,6 +239,9 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 		return mp.desired
 	}
 	in := s.inputs(*mp.window, mp.syncPeriod, needs.LatencyQuantile)
+	if elapsed < max(a.cfg.DecideEvery.Duration, periods*current) && in.LatencyChanges < needs.MinChanges {
+		return mp.desired // a first window without enough changes yet: it goes on
+	}
 	in.Seen = mp.recall(current, now, 20*a.cfg.DecideEvery.Duration)
 	d := a.pol.Decide(current, in)
 	if in.Syncs >= 1 {
@@ -260,7 +270,7 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 	} else {
 		mp.idle = false
 	}
-	mp.window, mp.decided, mp.desired = &s, now, d.Period
+	mp.window, mp.decided, mp.desired, mp.first = &s, now, d.Period, false
 	return d.Period
 }
 

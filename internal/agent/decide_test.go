@@ -124,7 +124,12 @@ func (s *fakeSampler) sample(context.Context, procfs.Process) (sample, error) {
 			}
 			s.last = s.start
 		}
-		changes := uint64(s.now().Sub(s.last).Seconds() * 10)
+		var changes uint64 // 10 a second while busy
+		for t := s.last.Sub(s.start); t < s.now().Sub(s.start); t += time.Second {
+			if s.busy == nil || s.busy(t) {
+				changes += 10
+			}
+		}
 		v := s.latency(s.kp.period).Seconds()
 		for i := range s.hist {
 			if v <= s.hist[i].UpperBound {
@@ -451,11 +456,18 @@ func TestDecisions(t *testing.T) {
 			s := &fakeSampler{kp: kp, start: b.clock, now: b.a.now, cost: 100 * time.Millisecond,
 				latency: func(p time.Duration) time.Duration { return time.Duration(0.99*float64(p)) + extra }}
 			b.a.node.sampler = s
-			b.rounds(8, 2*time.Second) // the first window, from a sample without the histogram
+			// The first window, from a sample without the histogram, is judged once it holds a period
+			// and minChanges changes (10 a second), not after decideEvery.
+			// The agent opens the window in its first round; the round 2 s later has 20 changes.
+			b.rounds(2, 2*time.Second)
 			if len(kp.sets) != 1 || kp.sets[0] != 2*time.Second {
-				t.Fatalf("after the first window: sets %v, want [2s] (up by the step from 1s)", kp.sets)
+				t.Fatalf("2 s in: sets %v, want [2s] (the first window judged, up by the step from 1s)", kp.sets)
 			}
-			b.rounds(52, 2*time.Second)
+			b.rounds(4, 2*time.Second)
+			if len(kp.sets) != 1 {
+				t.Fatalf("8 s after the first decision: sets %v; later windows last decideEvery", kp.sets)
+			}
+			b.rounds(54, 2*time.Second)
 			steady := kp.period
 			if steady < 5*time.Second || steady > 8*time.Second {
 				t.Fatalf("steady churn: settled at %v (sets %v), want near the 8s aim less 0.7 s", steady, kp.sets)
@@ -474,6 +486,31 @@ func TestDecisions(t *testing.T) {
 			}
 			if met, q := testutil.ToFloat64(b.a.m.objectiveMet.WithLabelValues("10")), testutil.ToFloat64(b.a.m.latency.WithLabelValues("10", "0.99")); met != 0 || q < 10 {
 				t.Errorf("the burst's window: objective met %v, p99 %v s; want 0 and the missed quantile", met, q)
+			}
+		}},
+		{"objective: busy again after a quiet spell, judged as soon as the window holds the changes", objectiveConfig(), func(t *testing.T, b *bench) {
+			kp := b.kubeProxy(10, 1, time.Second)
+			extra := 5 * time.Second // slow syncs: the aim allows about 3 s
+			resume := 10 * time.Minute
+			s := &fakeSampler{kp: kp, start: b.clock, now: b.a.now, cost: 100 * time.Millisecond,
+				busy:    func(el time.Duration) bool { return el < 2*time.Minute || el >= resume },
+				latency: func(p time.Duration) time.Duration { return time.Duration(0.99*float64(p)) + extra }}
+			b.a.node.sampler = s
+			mp := func() *managed { return b.a.procs[key{pid: 10, start: 1, dev: 1, ino: 110}] }
+			for b.clock.Sub(s.start) < resume {
+				b.rounds(1, 2*time.Second)
+			}
+			held := kp.period
+			if held < 2*time.Second || held > 4*time.Second || !mp().idle {
+				t.Fatalf("before the quiet spell: %v (sets %v), idle %v; want about 3s, idle", held, kp.sets, mp().idle)
+			}
+			extra = time.Second // the load comes back with fast syncs: the aim allows about 7 s
+			sets := len(kp.sets)
+			for len(kp.sets) == sets && b.clock.Sub(s.start) < resume+time.Minute {
+				b.rounds(1, 2*time.Second)
+			}
+			if took := b.clock.Sub(s.start) - resume; len(kp.sets) == sets || kp.period <= held || took >= objectiveConfig().DecideEvery.Duration {
+				t.Errorf("busy again: %v after %v (sets %v); want up from %v within decideEvery", kp.period, took, kp.sets, held)
 			}
 		}},
 		{"reset on exit: only what the agent changed", static(3 * time.Second), func(t *testing.T, b *bench) {

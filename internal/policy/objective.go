@@ -69,7 +69,9 @@ func (o Objective) Validate() error {
 func (o Objective) Name() string { return "objective" }
 
 // Needs implements Policy.
-func (o Objective) Needs() Needs { return Needs{Measures: true, LatencyQuantile: o.Quantile} }
+func (o Objective) Needs() Needs {
+	return Needs{Measures: true, LatencyQuantile: o.Quantile, MinChanges: o.MinChanges}
+}
 
 // Decide implements Policy.
 func (o Objective) Decide(current time.Duration, in Inputs) Decision {

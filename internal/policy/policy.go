@@ -44,6 +44,11 @@ type Needs struct {
 	// LatencyQuantile, if positive, is the quantile of kube-proxy's network programming latency the
 	// policy needs (Inputs.Latency).
 	LatencyQuantile float64
+	// MinChanges, if positive, is how many latency samples make a window worth judging: a first
+	// window (the agent's, or the first since kube-proxy was idle) is judged as soon as it holds
+	// them and a period, rather than after the whole window, so that a period far from the aim is
+	// not held through the busy phase that shows it.
+	MinChanges float64
 }
 
 // Decision is a policy's answer.

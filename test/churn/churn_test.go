@@ -306,7 +306,7 @@ func TestTrace(t *testing.T) {
 	}
 	b.Deployments = envInt("KPTUNE_TRACE_DEPLOYMENTS", 5)
 	trace := Day(envDuration("KPTUNE_TRACE_UNIT", 30*time.Second), b.Deployments)
-	setups := setupsFromEnv(t, "KPTUNE_TRACE", "iptables", "100ms,1s,2s,5s,10s,15s,20s,30s,adaptive,objective")
+	setups := setupsFromEnv(t, "KPTUNE_TRACE", "iptables", "100ms,1s,2s,5s,10s,15s,20s,30s,live,adaptive,objective")
 	out := env("KPTUNE_TRACE_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "trace", scale+".jsonl"))
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
@@ -350,19 +350,27 @@ func TestTrace(t *testing.T) {
 }
 
 // setupsFromEnv reads the setups of each mode: PREFIX_MODES and PREFIX_SETUPS (static periods,
-// "live": 1s retuned to 10s by kptune set, "adaptive" and "objective": the agent from 1s with
+// "live": 1s retuned to 10s by kptune set, "live:PERIOD" to PERIOD, "adaptive" and "objective": the agent from 1s with
 // PREFIX_ADAPTIVE or PREFIX_OBJECTIVE as its configuration).
 func setupsFromEnv(t *testing.T, prefix, modes, setups string) []Setup {
 	var out []Setup
 	for _, mode := range strings.Split(env(prefix+"_MODES", modes), ",") {
 		for _, p := range strings.Split(env(prefix+"_SETUPS", setups), ",") {
-			switch p {
-			case "live":
-				out = append(out, Setup{Mode: mode, Period: time.Second, RetuneTo: 10 * time.Second})
-			case "adaptive":
+			to, live := strings.CutPrefix(p, "live")
+			switch {
+			case live:
+				d := 10 * time.Second
+				if to, ok := strings.CutPrefix(to, ":"); ok {
+					var err error
+					if d, err = time.ParseDuration(to); err != nil || d <= 0 {
+						t.Fatalf("%s_SETUPS: %q: want live or live:PERIOD", prefix, p)
+					}
+				}
+				out = append(out, Setup{Mode: mode, Period: time.Second, RetuneTo: d})
+			case p == "adaptive":
 				out = append(out, Setup{Mode: mode, Period: time.Second, Adaptive: env(prefix+"_ADAPTIVE",
 					"policy: adaptive\nbudget: 0.2\nfloor: 500ms\nceiling: 20s\ndecideEvery: 10s\nmaxStep: 2\n")})
-			case "objective":
+			case p == "objective":
 				out = append(out, Setup{Mode: mode, Period: time.Second, Adaptive: env(prefix+"_OBJECTIVE",
 					"policy: objective\nlatencyObjective: 10s\nlatencyQuantile: 0.99\nfloor: 500ms\nceiling: 30s\ndecideEvery: 10s\nmaxStep: 8\n")})
 			default:

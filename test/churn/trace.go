@@ -98,6 +98,13 @@ func RunTrace(ctx context.Context, b Bed, s Setup, trace []Phase, rep int, seed 
 		}
 		defer agent.Stop()
 	}
+	if s.RetuneTo != 0 {
+		// live: the running kube-proxy retuned by `kptune set` after its first sync, as an operator
+		// would, rather than started at the period.
+		if out, err := kptune(ctx, o, "set", "--pid", fmt.Sprint(kp.PID()), "--min-sync-period", s.RetuneTo.String()); err != nil {
+			return r, fmt.Errorf("kptune set: %v: %s", err, out)
+		}
+	}
 	time.Sleep(warmup)
 	for i, p := range trace {
 		pr, err := runPhase(ctx, b, kp, p, seed+uint64(i), o)

@@ -227,10 +227,13 @@ func tables(runs []run) []*table {
 	return out
 }
 
-// order sorts static setups by period, the agents after them.
+// order sorts static setups by period, then the live retunes, then the agents.
 func order(name string) int {
 	if d, err := time.ParseDuration(strings.TrimPrefix(name, "static ")); err == nil {
 		return int(d / time.Millisecond)
+	}
+	if strings.HasPrefix(name, "live ") {
+		return 1<<30 - 1
 	}
 	if name == "adaptive" {
 		return 1 << 30
