@@ -49,7 +49,7 @@ func TestMeets(t *testing.T) {
 func synthetic(name string, period time.Duration, rep int, cpu, p99 []float64) churn.TraceRun {
 	r := churn.TraceRun{Name: name, Rep: rep, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables",
 		Setup: churn.Setup{Mode: "iptables", Period: period}}
-	for i, phase := range []string{"quiet", "busy"} {
+	for i, phase := range []string{"quiet", "steady churn"} {
 		r.Phases = append(r.Phases, churn.PhaseResult{Phase: phase, Seconds: 60, CPUCores: cpu[i], LatencyP99: churn.Maybe(p99[i]), LatencyCount: 100})
 	}
 	return r
@@ -65,7 +65,7 @@ func TestReport(t *testing.T) {
 		for _, r := range []churn.TraceRun{
 			synthetic("static 1s", time.Second, rep, []float64{0.05 + jitter, 1.0 + jitter}, []float64{math.NaN(), 2 + jitter}),
 			synthetic("static 30s", 30*time.Second, rep, []float64{0.05 + jitter, 0.2 + jitter}, []float64{math.NaN(), 31 + jitter}),
-			synthetic("objective", time.Second, rep, []float64{0.05 + jitter, 0.3 + jitter}, []float64{math.NaN(), 8 + jitter}),
+			synthetic("objective", time.Second, rep, []float64{0.05 + jitter, 0.25 + jitter}, []float64{math.NaN(), 8 + jitter}),
 		} {
 			b, err := json.Marshal(r)
 			if err != nil {
@@ -90,7 +90,9 @@ func TestReport(t *testing.T) {
 		"| static 1s | 0.080 [0.060, 0.100] | 1.030 [1.010, 1.050] |",
 		"| static 30s | – | 31.0 [31.0, 31.1] no |",
 		"| objective | – | 8.0 [8.0, 8.1] yes |",
-		"| busy | static 1s | 1.030 [1.010, 1.050] | 0.330 [0.310, 0.350] | 0.32 | yes |",
+		"| steady churn | static 1s | 1.030 [1.010, 1.050] | 0.280 [0.260, 0.300] | 0.27 | yes | yes |",
+		"Whole trace: the agent uses less CPU than every static period meeting the objective throughout (static 1s).",
+		"steady churn: static 1s / the agent = 3.7×; at least 3× less CPU than static 1s: yes.",
 		"| static 30s | 0.155 [0.135, 0.175] | 31.0 [31.0, 31.1] | no |  |",
 	} {
 		if !strings.Contains(doc, want) {
@@ -100,6 +102,24 @@ func TestReport(t *testing.T) {
 	for _, f := range []string{"1000x10-iptables-cpu.svg", "1000x10-iptables-p99.svg"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+func TestAtMost(t *testing.T) {
+	b := Interval{Median: 1, Low: 0.9, High: 1.1, N: 5}
+	for _, c := range []struct {
+		a      Interval
+		factor float64
+		want   string
+	}{
+		{Interval{0.95, 0.9, 0.99, 5}, 1.1, "yes"}, // 0.99 ≤ 1.1 × 0.9
+		{Interval{1.3, 1.22, 1.4, 5}, 1.1, "no"},   // 1.22 > 1.1 × 1.1
+		{Interval{1.05, 1.0, 1.1, 5}, 1.1, "?"},
+		{Interval{}, 1.1, "–"},
+	} {
+		if got := atMost(c.a, b, c.factor); got != c.want {
+			t.Errorf("atMost(%+v, %+v, %v) = %q, want %q", c.a, b, c.factor, got, c.want)
 		}
 	}
 }
