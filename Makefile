@@ -43,7 +43,7 @@ test: prebuild
 # The churn bench's smoke run: steady churn on kube-proxy at static periods of 1s, 2s and 5s,
 # asserting the physics (syncs fall as the period rises, within the token bucket; every change lands).
 bench-smoke: prebuild
-	KPTUNE_CHURN_RECORD=1 $(GO) test -count=1 -timeout 20m -tags churn -run TestSmoke -v ./test/churn
+	KPTUNE_CHURN_RECORD=1 $(GO) test -count=1 -timeout 20m -tags churn -run 'TestSmoke|TestRetuneUnderChurn' -v ./test/churn
 
 # The churn bench (test/churn): every workload on kube-proxy at static periods, retuned live by kptune
 # set, and under the adaptive agent, in iptables and nftables mode, at CHURN_SCALE Services x

@@ -53,7 +53,7 @@ type managed struct {
 	// first: the window is the first since the agent began measuring or kube-proxy was idle, judged
 	// as soon as it holds enough (policy.Needs.MinChanges).
 	first bool
-	seen    map[time.Duration]spent // what each period cost lately
+	seen  map[time.Duration]spent // what each period cost lately
 	// idle: the last window held no sync; idleCores is what kube-proxy spent over it.
 	idle      bool
 	idleCores float64

@@ -44,6 +44,9 @@ type Layout struct {
 	Limiter                                 uint64 // old generation: the rateLimiter interface
 	TokenBucketType                         uint64 // descriptor of flowcontrol.tokenBucketRateLimiter (0 if unknown)
 	TBLimiter, TBQPS, RateLimit, RateBurst  uint64 // old generation: offsets in the token bucket and rate.Limiter
+	// RateTokens is the rate.Limiter's tokens (old generation; 0: unknown), adjusted when the period
+	// is raised (patch.Plan says why).
+	RateTokens uint64
 	// Confirmed: the built-in layout was checked against a runner's values, and agrees.
 	Confirmed bool
 	// Unconfirmed says why the built-in layout could not be checked against a runner's values ("":
@@ -208,7 +211,7 @@ func fromBinary(b *gobin.Binary, gen Generation, read structReader, source strin
 	if err != nil {
 		return l, err
 	}
-	if err := offsets(rl, map[string]field{"limit": {&l.RateLimit, 8}, "burst": {&l.RateBurst, 8}}); err != nil {
+	if err := offsets(rl, map[string]field{"limit": {&l.RateLimit, 8}, "burst": {&l.RateBurst, 8}, "tokens": {&l.RateTokens, 8}}); err != nil {
 		return l, err
 	}
 	return l, l.Check()
@@ -265,7 +268,7 @@ func (l Layout) Check() error {
 	} else {
 		fs = append(fs, placed{"limiter", l.Limiter, 16, l.RunnerSize}, placed{"token bucket's limiter", l.TBLimiter, 8, maxStruct},
 			placed{"token bucket's qps", l.TBQPS, 4, maxStruct}, placed{"rate.Limiter's limit", l.RateLimit, 8, maxStruct},
-			placed{"rate.Limiter's burst", l.RateBurst, 8, maxStruct})
+			placed{"rate.Limiter's burst", l.RateBurst, 8, maxStruct}, placed{"rate.Limiter's tokens", l.RateTokens, 8, maxStruct})
 	}
 	for _, f := range fs {
 		if f.off > f.in || f.size > f.in-f.off {
@@ -280,7 +283,7 @@ func (l Layout) Check() error {
 var builtin = map[Generation]Layout{
 	Async: {Generation: Async, Source: BuiltinSource, RunnerSize: 152,
 		Name: 0, MinInterval: 16, MaxInterval: 24, Run: 32, Fn: 48, Limiter: 96,
-		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16},
+		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16, RateTokens: 24},
 	Runner: {Generation: Runner, Source: BuiltinSource, RunnerSize: 104,
 		Name: 0, MinInterval: 16, RetryInterval: 24, MaxInterval: 32, Run: 40, Fn: 48},
 }

@@ -45,25 +45,42 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 		if dev, ino, err := procfs.ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
 			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again: %w", t.PID, locate.ErrStale)
 		}
+		var writes [][]Write // each runner's, adjusted fields computed from what they hold now
 		for _, rw := range rws {
 			if err := locate.Revalidate(t.Locate, rw.Found); err != nil {
 				return fmt.Errorf("%w: nothing written; run kptune again", err)
 			}
+			var ws []Write
 			for _, w := range rw.Writes {
-				cur := make([]byte, len(w.Old))
+				size := len(w.Old)
+				if w.Adjust != nil {
+					size = 8
+				}
+				cur := make([]byte, size)
 				if err := mem.ReadMem(cur, w.Addr); err != nil {
 					return err
 				}
-				if !bytes.Equal(cur, w.Old) {
+				if w.Adjust != nil {
+					n, err := w.Adjust(cur)
+					if err != nil {
+						return fmt.Errorf("runner %#x: %w: nothing written; run kptune again", rw.Found.Address, err)
+					}
+					if n == nil {
+						continue
+					}
+					w.Old, w.New, w.Adjust = cur, n, nil
+				} else if !bytes.Equal(cur, w.Old) {
 					return fmt.Errorf("runner %#x: %s %w: nothing written; run kptune again", rw.Found.Address, w.Field, locate.ErrStale)
 				}
+				ws = append(ws, w)
 			}
+			writes = append(writes, ws)
 		}
 		t.pause("checked")
 		var done []Write
 		err := func() error {
-			for _, rw := range rws {
-				for _, w := range rw.Writes {
+			for i, rw := range rws {
+				for _, w := range writes[i] {
 					if err := mem.WriteMem(w.New, w.Addr); err != nil {
 						return err
 					}

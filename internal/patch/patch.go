@@ -33,11 +33,13 @@ type Change struct {
 	MaxInterval   *time.Duration // new generation: the full-sync period
 }
 
-// Write is one field to change.
+// Write is one field to change: from Old to New, or, where Adjust is set, to what Adjust makes of
+// the value read inside the stop (a field kube-proxy changes as it runs; nil: leave it).
 type Write struct {
 	Field    string
 	Addr     uint64
 	Old, New []byte
+	Adjust   func(cur []byte) ([]byte, error)
 }
 
 // Values are a runner's tuned fields.
@@ -143,5 +145,39 @@ func Plan(f locate.Found, l layout.Layout, c Change) (Values, []Write, error) {
 	add("qps", f.QPSAddr, le.AppendUint32(nil, math.Float32bits(f.QPS)), le.AppendUint32(nil, math.Float32bits(v.QPS)))
 	add("limit", f.LimitAddr+l.RateLimit, le.AppendUint64(nil, math.Float64bits(f.Limit)), le.AppendUint64(nil, math.Float64bits(v.Limit)))
 	add("burst", f.LimitAddr+l.RateBurst, le.AppendUint64(nil, uint64(f.Burst)), le.AppendUint64(nil, uint64(v.Burst)))
+	if v.Limit < f.Limit && f.Limit > 0 && l.RateTokens != 0 {
+		ws = append(ws, Write{Field: "tokens", Addr: f.LimitAddr + l.RateTokens, Adjust: keepNextRun(f.Limit, v.Limit, f.Burst)})
+	}
 	return v, ws, nil
+}
+
+// keepNextRun adjusts the token bucket when the period is raised, so that the run kube-proxy has
+// already scheduled is allowed when it was due, and the new period paces the runs after it.
+//
+// The k8s ≤ 1.33 runner asks the limiter when its timer fires and, refused, re-arms the timer with
+// the time left to the next scheduled run, which is negative once that time has passed: it then
+// spins, a core busy, until the limiter allows a run. Unchanged, the bucket's tokens at the lower
+// rate would come to one up to a new period after the last run, while the timer armed under the old
+// period fires one old period after it. Keeping the moment the bucket holds a token, last + (1 −
+// tokens) / limit, the same under the new limit keeps the two in step:
+//
+//	tokens' = 1 − (1 − tokens) × newLimit / oldLimit
+//
+// Tokens of one or more allow a run now whatever the limit, and are left alone. A value no bucket
+// of this burst holds (outside [0, burst]: kube-proxy only ever asks it for a run now, which takes
+// tokens only when there is one) is refused: nothing is written.
+func keepNextRun(oldLimit, newLimit float64, burst int64) func([]byte) ([]byte, error) {
+	return func(cur []byte) ([]byte, error) {
+		if len(cur) != 8 {
+			return nil, fmt.Errorf("tokens: read %d bytes", len(cur))
+		}
+		tokens := math.Float64frombits(binary.LittleEndian.Uint64(cur))
+		switch {
+		case !(tokens >= 0 && tokens <= float64(burst)):
+			return nil, fmt.Errorf("the rate limiter holds %v tokens, not what a bucket of burst %d holds: %w", tokens, burst, locate.ErrStale)
+		case tokens >= 1:
+			return nil, nil
+		}
+		return binary.LittleEndian.AppendUint64(nil, math.Float64bits(1-(1-tokens)*newLimit/oldLimit)), nil
+	}
 }

@@ -3,7 +3,10 @@ package patch
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,10 +195,108 @@ func TestPlanRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.QPS != float32(time.Second)/float32(3700*time.Millisecond) || v.Limit != float64(v.QPS) || len(ws) != 3 {
+	if v.QPS != float32(time.Second)/float32(3700*time.Millisecond) || v.Limit != float64(v.QPS) || len(ws) != 4 || ws[3].Field != "tokens" || ws[3].Adjust == nil {
 		t.Errorf("plan for 3.7s: %+v, %d writes", v, len(ws))
+	}
+	// Lowered, the period needs no adjustment of the bucket; nor can one be made without its offset.
+	faster := old
+	faster.MinInterval, faster.QPS, faster.Limit = 5*time.Second, 0.2, float64(float32(0.2))
+	if _, ws, _ := Plan(faster, asyncL, Change{MinInterval: dur(time.Second)}); len(ws) != 3 {
+		t.Errorf("plan from 5s to 1s: %d writes, want 3 (no tokens)", len(ws))
+	}
+	noTokens := asyncL
+	noTokens.RateTokens = 0
+	if _, ws, _ := Plan(old, noTokens, Change{MinInterval: dur(3700 * time.Millisecond)}); len(ws) != 3 {
+		t.Errorf("plan without the tokens' offset: %d writes, want 3", len(ws))
 	}
 	if _, ws, _ := Plan(old, asyncL, Change{MinInterval: dur(time.Second)}); len(ws) != 0 {
 		t.Errorf("setting the current value plans %d writes", len(ws))
+	}
+}
+
+// TestKeepNextRun: raised, the period leaves the bucket's next token when it was due; a bucket
+// holding a token is left alone, and one holding what no bucket holds is refused.
+func TestKeepNextRun(t *testing.T) {
+	adjust := keepNextRun(1, 0.125, 2)
+	f64 := func(v float64) []byte { return binary.LittleEndian.AppendUint64(nil, math.Float64bits(v)) }
+	for _, c := range []struct {
+		tokens float64
+		want   float64 // -1: left alone; NaN: refused
+	}{
+		{0, 0.875},        // due 1 s after the last run: 1 − 0.875 = 0.125 = 1 s at 0.125/s
+		{0.6, 0.95},       // due 0.4 s after
+		{1, -1},           // a run is allowed now
+		{2, -1},           // a full bucket
+		{2.5, math.NaN()}, // above the burst
+		{-0.1, math.NaN()},
+		{math.NaN(), math.NaN()},
+		{math.Inf(1), math.NaN()},
+	} {
+		got, err := adjust(f64(c.tokens))
+		switch {
+		case math.IsNaN(c.want):
+			if err == nil || !errors.Is(err, locate.ErrStale) {
+				t.Errorf("tokens %v: %x, %v; want refused", c.tokens, got, err)
+			}
+		case c.want < 0:
+			if got != nil || err != nil {
+				t.Errorf("tokens %v: %x, %v; want left alone", c.tokens, got, err)
+			}
+		default:
+			if err != nil || math.Abs(math.Float64frombits(binary.LittleEndian.Uint64(got))-c.want) > 1e-12 {
+				t.Errorf("tokens %v: %x, %v; want %v", c.tokens, got, err, c.want)
+			}
+		}
+	}
+}
+
+// TestNoSpinAfterRaise: a runner under triggers, raised from 1s to 7s, spends no CPU to speak of
+// until its next run. Without the bucket's adjustment (the control) the k8s ≤ 1.33 runner's timer,
+// armed under the old period, fires while the limiter refuses, and it spins a core until the limiter
+// allows. (The k8s ≥ 1.34 runner has no limiter: it waits out the old period.)
+func TestNoSpinAfterRaise(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		build   testbed.Build
+		fixture string
+		control bool
+	}{
+		{testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, false},
+		{testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, true},
+		{testbed.Build{Version: "v1.37.2"}, testbed.ProxyRunner, false},
+	} {
+		control := tc.control
+		l := start(t, tc.build, tc.fixture, time.Second)
+		time.Sleep(3 * time.Second)
+		d := 7 * time.Second
+		_, ws, err := Plan(l.found, l.target.Locate.Layout, Change{MinInterval: &d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if control {
+			ws = slices.DeleteFunc(ws, func(w Write) bool { return w.Field == "tokens" })
+		}
+		c0, err := procfs.CPU(l.fx.PID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if _, err := Apply(l.target, []RunnerWrites{{Found: l.found, Writes: ws}}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second)
+		c1, err := procfs.CPU(l.fx.PID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cores := (c1 - c0).Seconds() / time.Since(t0).Seconds()
+		t.Logf("%s, control %v: %.3f cores over the 4 s after the write", tc.build, control, cores)
+		if !control && cores > 0.1 {
+			t.Errorf("%s raised to 7s: the runner spent %.3f cores before its next run", tc.build, cores)
+		}
+		if control && cores < 0.5 {
+			t.Errorf("the control (no adjustment of the bucket) spent %.3f cores: the test no longer sees the spin it guards against", cores)
+		}
+		l.fx.Stop()
 	}
 }
