@@ -223,6 +223,15 @@ func CPU(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
+// OwnCPU returns the CPU time process pid has used itself (utime + stime), its children's left out.
+func OwnCPU(pid int) (time.Duration, error) {
+	_, s, err := stat(pid, 0)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(uint64(s.UTime)+uint64(s.STime)) * time.Second / userHZ, nil
+}
+
 // List returns every process whose stat is readable.
 func List() ([]Process, error) {
 	ents, err := os.ReadDir(Root)

@@ -50,6 +50,10 @@ func TestCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	own, err := OwnCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Burn about 100 ms of CPU in a child and wait for it: the parent's total includes it.
 	if err := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done").Run(); err != nil {
 		t.Fatal(err)
@@ -60,6 +64,9 @@ func TestCPU(t *testing.T) {
 	}
 	if end-start < 20*time.Millisecond {
 		t.Errorf("CPU went from %v to %v after a busy child was waited for", start, end)
+	}
+	if ownEnd, err := OwnCPU(os.Getpid()); err != nil || ownEnd-own > (end-start)/2 {
+		t.Errorf("own CPU went from %v to %v (%v) while the total with the child rose by %v", own, ownEnd, err, end-start)
 	}
 	if _, err := CPU(999999999); !errors.Is(err, ErrGone) {
 		t.Errorf("a missing process: %v", err)

@@ -5,9 +5,6 @@ package churn
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -43,14 +40,11 @@ func TestRetuneUnderChurn(t *testing.T) {
 	defer churn.Stop()
 	time.Sleep(10 * time.Second)
 	own := func() time.Duration { // kube-proxy's own CPU, its children's left out
-		s, err := os.ReadFile(procfs.TaskPath(kp.PID(), 0, "stat"))
+		c, err := procfs.OwnCPU(kp.PID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := strings.Fields(string(s[strings.LastIndexByte(string(s), ')')+2:]))
-		ut, _ := strconv.ParseUint(f[11], 10, 64)
-		st, _ := strconv.ParseUint(f[12], 10, 64)
-		return time.Duration(ut+st) * 10 * time.Millisecond
+		return c
 	}
 	syncs := func() uint64 {
 		s, err := kp.Metrics.Scrape(ctx)
