@@ -12,8 +12,8 @@ import (
 	"kptune/test/testbed"
 )
 
-// TestRetuneUnderChurn: kube-proxy retuned under churn (up, down, up) spends, until its second
-// sync after the write, no more CPU of its own than it did before it. (A raise under churn once left
+// TestRetuneUnderChurn: kube-proxy retuned under churn (up, down, up) spends, over the seconds
+// after the write, about the CPU of its own it did before it. (A raise under churn once left
 // kube-proxy spinning a core until the slower token bucket allowed a sync: patch.keepNextRun.)
 func TestRetuneUnderChurn(t *testing.T) {
 	needRoot(t)
@@ -46,35 +46,24 @@ func TestRetuneUnderChurn(t *testing.T) {
 		}
 		return c
 	}
-	syncs := func() uint64 {
-		s, err := kp.Metrics.Scrape(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.Syncs()
+	// Each write is judged on kube-proxy's own CPU over a fixed window after it against the same
+	// window before it: a spin is a core for up to a period, while the syncs themselves cost a few
+	// hundredths (a lowered period legitimately syncs more, a raised one spends its burst at once).
+	const window = 8 * time.Second
+	cores := func() float64 {
+		c0, t0 := own(), time.Now()
+		time.Sleep(window)
+		return (own() - c0).Seconds() / time.Since(t0).Seconds()
 	}
-	c0, t0 := own(), time.Now()
-	time.Sleep(10 * time.Second)
-	before := (own() - c0).Seconds() / time.Since(t0).Seconds()
 	for _, to := range []time.Duration{7 * time.Second, 2 * time.Second, 7 * time.Second} {
-		n0 := syncs()
-		c0, t0 = own(), time.Now()
+		before := cores()
 		if out, err := kptune(ctx, o, "set", "--pid", fmt.Sprint(kp.PID()), "--min-sync-period", to.String()); err != nil {
 			t.Fatalf("kptune set: %v: %s", err, out)
 		}
-		// Two syncs: the one scheduled before the write, and the first the new period paces.
-		for syncs() < n0+2 && time.Since(t0) < 3*to {
-			time.Sleep(100 * time.Millisecond)
+		after := cores()
+		t.Logf("retuned to %v: kube-proxy's own CPU %.3f cores over the %v after the write, %.3f over the %v before", to, after, window, before, window)
+		if after > max(3*before, 0.25) {
+			t.Errorf("retuned to %v: kube-proxy spent %.3f cores of its own over the %v after the write, against %.3f before", to, after, window, before)
 		}
-		el := time.Since(t0)
-		after := (own() - c0).Seconds() / el.Seconds()
-		t.Logf("retuned to %v: kube-proxy's own CPU %.3f cores over the %v to its second sync, %.3f before the write", to, after, el.Round(time.Millisecond), before)
-		if after > 2*before+0.05 {
-			t.Errorf("retuned to %v: kube-proxy spent %.3f cores of its own until its second sync, against %.3f before", to, after, before)
-		}
-		time.Sleep(3 * to)
-		c0, t0 = own(), time.Now()
-		time.Sleep(2 * to)
-		before = (own() - c0).Seconds() / time.Since(t0).Seconds()
 	}
 }
