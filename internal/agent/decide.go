@@ -210,8 +210,9 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 		periods = 1
 	}
 	elapsed := now.Sub(mp.decided)
+	whole := elapsed >= max(a.cfg.DecideEvery.Duration, periods*current)
 	early := mp.first && needs.MinChanges > 0 && elapsed >= current
-	if elapsed < max(a.cfg.DecideEvery.Duration, periods*current) && !early {
+	if !whole && !early {
 		return mp.desired
 	}
 	if mp.idle {
@@ -239,7 +240,7 @@ func (a *Agent) adapt(ctx context.Context, mp *managed, current time.Duration, n
 		return mp.desired
 	}
 	in := s.inputs(*mp.window, mp.syncPeriod, needs.LatencyQuantile)
-	if elapsed < max(a.cfg.DecideEvery.Duration, periods*current) && in.LatencyChanges < needs.MinChanges {
+	if !whole && in.LatencyChanges < needs.MinChanges {
 		return mp.desired // a first window without enough changes yet: it goes on
 	}
 	in.Seen = mp.recall(current, now, 20*a.cfg.DecideEvery.Duration)
