@@ -7,7 +7,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-trace bench-report bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-trace bench-scale bench-report bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -47,13 +47,13 @@ bench-smoke: prebuild
 
 # The churn bench (test/churn): every workload on kube-proxy at static periods, retuned live by kptune
 # set, and under the adaptive agent, in iptables and nftables mode, at CHURN_SCALE Services x
-# endpoints; then restart against live retune. The report and plots go to bench/churn/. Long: at
+# endpoints. The report and plots go to bench/churn/. Long: at
 # 5000x10 about 100 minutes a mode. CHURN_MODES, CHURN_RUN (the tests), and KPTUNE_CHURN_SETUPS,
 # _WORKLOADS, _WINDOWS, _WINDOW narrow it; a run replaces the results of what it ran and keeps the
 # others. Its log goes to bench/results/churn/CHURN_LOG.log.
 CHURN_SCALE ?= 5000x10
 CHURN_MODES ?= iptables,nftables
-CHURN_RUN ?= TestBench|TestTransitions
+CHURN_RUN ?= TestBench
 comma := ,
 CHURN_LOG ?= $(CHURN_SCALE)-$(subst $(comma),-,$(CHURN_MODES))
 bench-churn: prebuild
@@ -82,10 +82,26 @@ bench-trace: prebuild
 	  $(GO) test -count=1 -timeout 600m -tags churn -run TestTrace -v ./test/churn 2>&1; } | tee -a $(TRACE_OUT:.jsonl=.log)
 	$(MAKE) bench-report
 
+# The scale bench (test/churn TestScale): restart against kptune set as the cluster grows. At SCALE
+# Services x endpoints, one kube-proxy a mode under 10 changes a second goes through SCALE_PAIRS pairs
+# of changes between 1s and 5s, each way up and down in turn, and kptune inspect reads it with each
+# locator after each pair. Records are appended to bench/results/scale/SCALE.jsonl as they are made,
+# so that scales and modes run in several sessions merge. About 20 minutes a mode at 10000x10.
+SCALE ?= 10000x10
+SCALE_MODES ?= iptables,nftables
+SCALE_PAIRS ?= 10
+bench-scale: prebuild
+	mkdir -p bench/results/scale
+	{ echo "# make bench-scale at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): SCALE=$(SCALE) SCALE_MODES=$(SCALE_MODES) SCALE_PAIRS=$(SCALE_PAIRS)"; \
+	  KPTUNE_SCALE=$(SCALE) KPTUNE_SCALE_MODES=$(SCALE_MODES) KPTUNE_SCALE_PAIRS=$(SCALE_PAIRS) \
+	  $(GO) test -count=1 -timeout 300m -tags churn -run TestScale -v ./test/churn 2>&1; } | tee -a bench/results/scale/$(SCALE).log
+	$(MAKE) bench-report
+
 # Every table and plot of the bench reports, made again from bench/results alone.
 bench-report:
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/5000x10 -out bench/churn
 	$(GO) run ./test/cmd/tracereport -in bench/results/trace -out bench/trace
+	$(GO) run ./test/cmd/scalereport -in bench/results/scale -out bench/scale
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).

@@ -30,22 +30,31 @@ type RunnerWrites struct {
 	Writes []Write
 }
 
+// Applied is what one Apply did: its stop, and the writes it made for each runner of the plan, in
+// the plan's order (an adjusted field with the value computed inside the stop; one Adjust left
+// alone is not there).
+type Applied struct {
+	freeze.Stats
+	Written [][]Write
+}
+
 // Apply stops the process, checks that it is the same process running the same binary, that every
 // runner still has its signature and the values it was planned from, writes, reads every write back,
 // and releases the process. On any difference nothing is written (or what was written is restored).
-func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
+func Apply(t Target, rws []RunnerWrites) (Applied, error) {
 	mem := t.Mem
 	if mem == nil {
-		return freeze.Stats{}, errors.New("apply needs a live process's memory")
+		return Applied{}, errors.New("apply needs a live process's memory")
 	}
-	return freeze.Do(t.PID, func() error {
+	var writes [][]Write // each runner's, adjusted fields computed from what they hold now
+	st, err := freeze.Do(t.PID, func() error {
 		if !procfs.Alive(t.PID, t.StartTime) {
 			return fmt.Errorf("pid %d is no longer the process that was inspected (it exited or restarted): nothing written; run kptune again: %w", t.PID, procfs.ErrGone)
 		}
 		if dev, ino, err := procfs.ExeID(t.PID); err != nil || dev != t.ExeDev || ino != t.ExeIno {
 			return fmt.Errorf("pid %d now runs another executable: nothing written; run kptune again: %w", t.PID, locate.ErrStale)
 		}
-		var writes [][]Write // each runner's, adjusted fields computed from what they hold now
+		writes = nil
 		for _, rw := range rws {
 			if err := locate.Revalidate(t.Locate, rw.Found); err != nil {
 				return fmt.Errorf("%w: nothing written; run kptune again", err)
@@ -105,6 +114,10 @@ func Apply(t Target, rws []RunnerWrites) (freeze.Stats, error) {
 		t.pause("written")
 		return nil
 	})
+	if err != nil {
+		return Applied{Stats: st}, err
+	}
+	return Applied{Stats: st, Written: writes}, nil
 }
 
 func (t Target) pause(step string) {

@@ -281,8 +281,20 @@ func TestNoSpinAfterRaise(t *testing.T) {
 			t.Fatal(err)
 		}
 		t0 := time.Now()
-		if _, err := Apply(l.target, []RunnerWrites{{Found: l.found, Writes: ws}}); err != nil {
+		applied, err := Apply(l.target, []RunnerWrites{{Found: l.found, Writes: ws}})
+		if err != nil {
 			t.Fatal(err)
+		}
+		// Under its triggers the bucket is short of a token between runs: the write sets it, and
+		// Applied says so with the value computed in the stop.
+		if i := slices.IndexFunc(applied.Written[0], func(w Write) bool { return w.Field == "tokens" }); tc.fixture == testbed.AsyncRunner && !control {
+			if i < 0 || applied.Written[0][i].Adjust != nil || len(applied.Written[0][i].New) != 8 {
+				t.Errorf("%s: the tokens write is not among those Apply made: %+v", tc.build, applied.Written)
+			} else if v := math.Float64frombits(binary.LittleEndian.Uint64(applied.Written[0][i].New)); !(v >= 0 && v < 1) {
+				t.Errorf("%s: tokens set to %v", tc.build, v)
+			}
+		} else if i >= 0 {
+			t.Errorf("%s, control %v: a tokens write was made: %+v", tc.build, control, applied.Written)
 		}
 		time.Sleep(4 * time.Second)
 		c1, err := procfs.CPU(l.fx.PID)

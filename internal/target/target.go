@@ -171,12 +171,12 @@ type Plan []patch.RunnerWrites
 // same process running the same executable and that every runner still holds the values the plan
 // was made from (else nothing is written, ErrStale). pause, if set, is called inside the stop
 // ("checked", "written") for fault-injection tests.
-func (p *Process) Apply(ctx context.Context, plan Plan, pause func(string)) (freeze.Stats, error) {
+func (p *Process) Apply(ctx context.Context, plan Plan, pause func(string)) (patch.Applied, error) {
 	if err := ctx.Err(); err != nil {
-		return freeze.Stats{}, err
+		return patch.Applied{}, err
 	}
 	if len(plan) == 0 {
-		return freeze.Stats{}, nil
+		return patch.Applied{}, nil
 	}
 	t := patch.Target{PID: p.PID, StartTime: p.StartTime, ExeDev: p.ExeDev, ExeIno: p.ExeIno,
 		Locate: p.scan, Mem: memory.Process{PID: p.PID}, Pause: pause}

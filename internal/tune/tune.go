@@ -273,15 +273,26 @@ func set(ctx context.Context, o Options, pid int) (ProcessResult, error) {
 
 // addRunner adds a runner's planned change to the result, and to the writes if it has any.
 func addRunner(res *ProcessResult, rws target.Plan, f locate.Found, v patch.Values, ws []patch.Write) target.Plan {
-	rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: []string{}}
-	for _, w := range ws {
-		rr.Fields = append(rr.Fields, w.Field)
-	}
+	rr := RunnerResult{Address: fmt.Sprintf("%#x", f.Address), Old: patch.ValuesOf(f), New: v, Fields: fieldNames(ws)}
 	res.Runners = append(res.Runners, rr)
 	if len(ws) == 0 {
 		return rws
 	}
 	return append(rws, patch.RunnerWrites{Found: f, Writes: ws})
+}
+
+// fieldNames names the fields of writes: an adjusted one, whose value is read and computed inside the
+// stop, with the condition it is written on until it has been.
+func fieldNames(ws []patch.Write) []string {
+	out := []string{}
+	for _, w := range ws {
+		if w.Adjust != nil {
+			out = append(out, w.Field+" (if under one)")
+			continue
+		}
+		out = append(out, w.Field)
+	}
+	return out
 }
 
 // confirmed refuses a built-in layout that kube-proxy's values could not confirm (its /configz
@@ -301,7 +312,15 @@ func apply(ctx context.Context, o Options, p *prepared, res *ProcessResult, rws 
 	if err := o.Store.Audit(auditEntries(action, "intent", pid, res.Runners, 0, nil)...); err != nil {
 		return fmt.Errorf("pid %d: write the audit log in %s: %w: nothing written (use --state-dir)", pid, o.Store.Dir, err)
 	}
-	st, err := p.t.Apply(ctx, rws, o.Pause)
+	applied, err := p.t.Apply(ctx, rws, o.Pause)
+	st := applied.Stats
+	for i, ws := range applied.Written {
+		for j := range res.Runners {
+			if res.Runners[j].Address == fmt.Sprintf("%#x", rws[i].Found.Address) {
+				res.Runners[j].Fields = fieldNames(ws)
+			}
+		}
+	}
 	res.Threads, res.Stopped, res.StoppedNS = st.Threads, st.Stopped.String(), int64(st.Stopped)
 	res.StoppingNS, res.InsideNS, res.StopCPUNS = int64(st.Stopping), int64(st.Inside), int64(st.CPU)
 	phase := "done"

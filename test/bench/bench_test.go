@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,18 +112,17 @@ func newBed() (*bed, error) {
 	return &bed{c: c, kp: kp, kptune: kptune, churn: churn}, nil
 }
 
-// run runs kptune and returns its output, wall time and peak RSS.
+// run runs kptune and returns its output, wall time and peak RSS (testbed.RunPeak).
 func (e *bed) run(b *testing.B, args ...string) ([]byte, time.Duration, int64) {
 	b.Helper()
 	cmd := exec.Command(e.kptune, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	wall, peak, err := testbed.RunPeak(cmd)
+	if err != nil {
 		b.Fatalf("kptune %s: %v: %s", strings.Join(args, " "), err, errb.String())
 	}
-	wall := time.Since(start)
-	return out.Bytes(), wall, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss * 1024
+	return out.Bytes(), wall, peak
 }
 
 // BenchmarkInspect: `kptune inspect --pid N -o json` against the kube-proxy at scale.

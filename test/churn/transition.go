@@ -1,18 +1,29 @@
 package churn
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"os/exec"
 	"slices"
 	"sync"
 	"time"
+
+	prom "github.com/prometheus/procfs"
 
 	"kptune/internal/kpmetrics"
 	"kptune/test/testbed"
 )
 
-// Transition is one way of giving a running kube-proxy a new period under churn: restarting it
-// with the new flag, or `kptune set`.
+// The two ways of giving a running kube-proxy a new period.
+const (
+	BySet     = "kptune set"
+	ByRestart = "restart"
+)
+
+// Transition is one change of a running kube-proxy's period under churn: restarting it with the
+// new flag, or `kptune set`.
 type Transition struct {
 	How  string        `json:"how"`
 	Mode string        `json:"mode"`
@@ -34,47 +45,134 @@ type Transition struct {
 	Endpoints  int       `json:"endpoints"`
 	Build      string    `json:"build"`
 	When       string    `json:"when"`
+	// Pair is the transition's pair in a scale run (from 1; 0 in runs before pairs).
+	Pair int `json:"pair,omitempty"`
 }
 
-// Transitions measures both ways on one kube-proxy at from under steady churn of rate: kptune set
-// to the new period (then reset), then a restart with it.
-func Transitions(ctx context.Context, b Bed, mode string, from, to time.Duration, rate float64, o Options) ([]Transition, error) {
+// Locate is one fresh `kptune inspect` of a kube-proxy at scale: its wall time (finding the
+// process, reading its binary, locating its runners) and peak RSS (testbed.RunPeak), with the size
+// of the kube-proxy it read.
+type Locate struct {
+	Mode            string  `json:"mode"`
+	Locator         string  `json:"locator"` // scan or uprobe
+	Seconds         float64 `json:"seconds"`
+	PeakRSSMiB      float64 `json:"peakRSSMiB"`
+	KubeProxyRSSMiB float64 `json:"kubeProxyRSSMiB"`
+	Services        int     `json:"services"`
+	Endpoints       int     `json:"endpoints"`
+	Build           string  `json:"build"`
+	When            string  `json:"when"`
+	Pair            int     `json:"pair"`
+}
+
+// ScaleRecord is one line of the scale bench's results: a transition or a locate.
+type ScaleRecord struct {
+	Transition *Transition `json:"transition,omitempty"`
+	Locate     *Locate     `json:"locate,omitempty"`
+}
+
+// Scale runs pairs of transitions between low and high on one kube-proxy under steady churn of
+// rate, in mode: pair i goes up by one way and back down by the other, `kptune set` first in odd
+// pairs and a restart first in even ones, so that each way makes pairs changes, half of them each
+// way, interleaved with the other's. After each pair, `kptune inspect` reads the kube-proxy once
+// with each locator. Every record goes to emit as it is made.
+func Scale(ctx context.Context, b Bed, mode string, low, high time.Duration, pairs int, rate float64, o Options, emit func(ScaleRecord) error) error {
 	kp, err := b.C.StartKubeProxy(ctx, testbed.KubeProxyOptions{
-		Build: o.Build, Mode: mode, MinSyncPeriod: from, SyncPeriod: 30 * time.Second,
+		Build: o.Build, Mode: mode, MinSyncPeriod: low, SyncPeriod: 30 * time.Second,
 		IPTablesLegacy: mode == testbed.IPTables,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer kp.Stop()
 	if err := kp.WaitSynced(ctx, 1, 15*time.Minute); err != nil {
-		return nil, err
+		return err
 	}
 	churn, err := b.Start(ctx, Steady(rate))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer churn.Stop()
-	var out []Transition
-	for _, how := range []string{"kptune set", "restart"} {
-		time.Sleep(max(15*time.Second, 3*from))
-		t, err := transition(ctx, b, kp, how, from, to, o)
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", how, err)
+	build := o.Build.String() + " " + mode
+	for pair := 1; pair <= pairs; pair++ {
+		hows := []string{BySet, ByRestart}
+		if pair%2 == 0 {
+			hows[0], hows[1] = hows[1], hows[0]
 		}
-		t.Mode, t.Services, t.Endpoints = mode, b.Services, b.Endpoints
-		t.Build, t.When = o.Build.String()+" "+mode, time.Now().UTC().Format(time.RFC3339)
-		o.Log("%s %v→%v: applied in %.3fs, syncs %.2fs apart across it, a change made then reached the rules in %.2fs",
-			how, from, to, t.ApplySeconds, t.GapSeconds, t.ProbeSeconds)
-		o.Log("%s: syncs after, seconds from the change: %.1f", how, t.SyncTimes)
-		out = append(out, t)
-		if how == "kptune set" {
-			if b, err := kptune(ctx, o, "reset", "--pid", fmt.Sprint(kp.PID())); err != nil {
-				return out, fmt.Errorf("kptune reset: %v: %s", err, b)
+		for i, how := range hows {
+			from, to := low, high
+			if i == 1 {
+				from, to = high, low
+			}
+			time.Sleep(max(15*time.Second, 3*from))
+			t, err := transition(ctx, b, kp, how, from, to, o)
+			if err != nil {
+				return fmt.Errorf("pair %d, %s %v→%v: %w", pair, how, from, to, err)
+			}
+			t.Mode, t.Services, t.Endpoints, t.Pair = mode, b.Services, b.Endpoints, pair
+			t.Build, t.When = build, time.Now().UTC().Format(time.RFC3339)
+			o.Log("pair %d, %s %v→%v: applied in %.3fs, syncs %.2fs apart across it, a change made then reached the rules in %.2fs; syncs after, seconds from the change: %.1f",
+				pair, how, from, to, t.ApplySeconds, t.GapSeconds, t.ProbeSeconds, t.SyncTimes)
+			if err := emit(ScaleRecord{Transition: &t}); err != nil {
+				return err
+			}
+		}
+		proxiers, err := kp.Proxiers()
+		if err != nil {
+			return err
+		}
+		locators := []string{"scan", "uprobe"}
+		if pair%2 == 0 {
+			locators[0], locators[1] = locators[1], locators[0]
+		}
+		for _, locator := range locators {
+			l, err := inspect(ctx, o, kp, locator, proxiers)
+			if err != nil {
+				return fmt.Errorf("pair %d: %w", pair, err)
+			}
+			l.Mode, l.Services, l.Endpoints, l.Build, l.Pair = mode, b.Services, b.Endpoints, build, pair
+			l.When = time.Now().UTC().Format(time.RFC3339)
+			o.Log("pair %d: kptune inspect --locate %s: %.3fs, peak RSS %.1f MiB (kube-proxy's RSS %.0f MiB)", pair, locator, l.Seconds, l.PeakRSSMiB, l.KubeProxyRSSMiB)
+			if err := emit(ScaleRecord{Locate: &l}); err != nil {
+				return err
 			}
 		}
 	}
-	return out, nil
+	return nil
+}
+
+// inspect runs `kptune inspect` once, as a fresh process, and checks it found every runner.
+func inspect(ctx context.Context, o Options, kp *testbed.KubeProxy, locator string, proxiers int) (Locate, error) {
+	l := Locate{Locator: locator}
+	if p, err := prom.NewProc(kp.PID()); err == nil {
+		if s, err := p.Stat(); err == nil {
+			l.KubeProxyRSSMiB = float64(s.ResidentMemory()) / (1 << 20)
+		}
+	}
+	cmd := exec.CommandContext(ctx, o.Kptune, "inspect", "--pid", fmt.Sprint(kp.PID()), "--locate", locator, "-o", "json")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	wall, peak, err := testbed.RunPeak(cmd)
+	if err != nil {
+		return l, fmt.Errorf("kptune inspect --locate %s: %v: %s", locator, err, errb.String())
+	}
+	l.Seconds, l.PeakRSSMiB = wall.Seconds(), float64(peak)/(1<<20)
+	var r struct {
+		Processes []struct {
+			Runners []struct {
+				Patchable bool `json:"patchable"`
+			} `json:"runners"`
+		} `json:"processes"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil || len(r.Processes) != 1 || len(r.Processes[0].Runners) != proxiers {
+		return l, fmt.Errorf("kptune inspect --locate %s: want %d runners: %v: %s", locator, proxiers, err, out.Bytes())
+	}
+	for _, x := range r.Processes[0].Runners {
+		if !x.Patchable {
+			return l, fmt.Errorf("kptune inspect --locate %s: a runner not patchable: %s", locator, out.Bytes())
+		}
+	}
+	return l, nil
 }
 
 func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, from, to time.Duration, o Options) (Transition, error) {
@@ -101,8 +199,15 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
+	defer func() {
+		stopPoll()
+		polled.Wait()
+	}()
 	time.Sleep(3 * max(from, time.Second))
 	decided := time.Now()
+	// The first sync after the change: after the decision for kptune set; after the kill for a
+	// restart (the old process could complete a sync between the decision and its end).
+	after := decided
 	probed := make(chan error, 1)
 	go func() {
 		d, err := probe(ctx, b, kp, o.Probe, 5*time.Minute, &Window{})
@@ -110,41 +215,57 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 		probed <- err
 	}()
 	switch how {
-	case "kptune set":
+	case BySet:
 		if out, err := kptune(ctx, o, "set", "--pid", fmt.Sprint(kp.PID()), "--min-sync-period", to.String()); err != nil {
-			stopPoll()
+			<-probed
 			return t, fmt.Errorf("%v: %s", err, out)
 		}
 		t.ApplySeconds = time.Since(decided).Seconds()
-	case "restart":
-		if err := kp.RestartWith(to); err != nil {
-			stopPoll()
+	case ByRestart:
+		err := kp.RestartWith(to)
+		after = time.Now()
+		if err == nil {
+			err = kp.WaitSynced(ctx, 1, 15*time.Minute)
+		}
+		if err != nil {
+			<-probed
 			return t, err
 		}
-		if err := kp.WaitSynced(ctx, 1, 15*time.Minute); err != nil {
-			stopPoll()
-			return t, err
-		}
+	default:
+		return t, fmt.Errorf("unknown transition %q", how)
 	}
 	if err := <-probed; err != nil {
-		stopPoll()
 		return t, err
 	}
-	time.Sleep(3 * to)
+	// Long enough to see a few syncs at the slower of the two periods.
+	time.Sleep(3 * max(from, to))
 	stopPoll()
 	polled.Wait()
-	at := float64(decided.UnixNano()) / 1e9
-	before := slices.IndexFunc(syncs, func(ts float64) bool { return ts > at }) // the first sync after the decision
-	if before <= 0 {
+	at, first := float64(decided.UnixNano())/1e9, float64(after.UnixNano())/1e9
+	next := slices.IndexFunc(syncs, func(ts float64) bool { return ts > first })
+	if next <= 0 {
 		return t, fmt.Errorf("no sync seen both before and after the change (%d seen)", len(syncs))
 	}
-	if how == "restart" {
-		t.ApplySeconds = syncs[before] - at
+	if how == ByRestart {
+		t.ApplySeconds = syncs[next] - at
 	}
-	t.GapSeconds = syncs[before] - syncs[before-1]
-	for _, ts := range syncs[before:] {
+	t.GapSeconds = syncs[next] - syncs[next-1]
+	for _, ts := range syncs[next:] {
 		t.SyncTimes = append(t.SyncTimes, ts-at)
 	}
-	t.SyncsAfter = len(syncs) - before
+	t.SyncsAfter = len(syncs) - next
 	return t, nil
+}
+
+// Spacings are the times between consecutive syncs completed once the change was applied (after
+// ApplySeconds): the period kube-proxy keeps once the change is in force. The first may still be
+// the old period's, when a sync was running or due under it as the change landed.
+func (t Transition) Spacings() []float64 {
+	var out []float64
+	for i := 1; i < len(t.SyncTimes); i++ {
+		if t.SyncTimes[i-1] >= t.ApplySeconds {
+			out = append(out, t.SyncTimes[i]-t.SyncTimes[i-1])
+		}
+	}
+	return out
 }

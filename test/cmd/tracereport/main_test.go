@@ -12,32 +12,15 @@ import (
 	"kptune/test/churn"
 )
 
-func TestBootstrap(t *testing.T) {
-	i := bootstrap([]float64{1, 2, 3, 4, 100, math.NaN()})
-	if i.N != 5 || i.Median != 3 || i.Low > 3 || i.High < 3 || i.Low < 1 || i.High > 100 {
-		t.Errorf("bootstrap: %+v", i)
-	}
-	if j := bootstrap([]float64{1, 2, 3, 4, 100}); j != i {
-		t.Errorf("not reproducible: %+v, then %+v", i, j)
-	}
-	if e := bootstrap([]float64{math.NaN()}); e.N != 0 || !math.IsNaN(e.Median) {
-		t.Errorf("no values: %+v", e)
-	}
-	same := bootstrap([]float64{2, 2, 2, 2, 2})
-	if same.Low != 2 || same.High != 2 {
-		t.Errorf("identical values: %+v", same)
-	}
-}
-
 func TestMeets(t *testing.T) {
 	for _, c := range []struct {
 		i    Interval
 		want string
 	}{
-		{Interval{8, 7, 9.9, 5}, "yes"},
-		{Interval{12, 10.5, 13, 5}, "no"},
-		{Interval{9, 8, 11, 5}, "?"},
-		{Interval{math.NaN(), math.NaN(), math.NaN(), 0}, "–"},
+		{Interval{Median: 8, Low: 7, High: 9.9, N: 5}, "yes"},
+		{Interval{Median: 12, Low: 10.5, High: 13, N: 5}, "no"},
+		{Interval{Median: 9, Low: 8, High: 11, N: 5}, "?"},
+		{Interval{Median: math.NaN(), Low: math.NaN(), High: math.NaN(), N: 0}, "–"},
 	} {
 		if got := meets(c.i); got != c.want {
 			t.Errorf("%+v: %s, want %s", c.i, got, c.want)
@@ -113,9 +96,9 @@ func TestAtMost(t *testing.T) {
 		factor float64
 		want   string
 	}{
-		{Interval{0.95, 0.9, 0.99, 5}, 1.1, "yes"}, // 0.99 ≤ 1.1 × 0.9
-		{Interval{1.3, 1.22, 1.4, 5}, 1.1, "no"},   // 1.22 > 1.1 × 1.1
-		{Interval{1.05, 1.0, 1.1, 5}, 1.1, "?"},
+		{Interval{Median: 0.95, Low: 0.9, High: 0.99, N: 5}, 1.1, "yes"}, // 0.99 ≤ 1.1 × 0.9
+		{Interval{Median: 1.3, Low: 1.22, High: 1.4, N: 5}, 1.1, "no"},   // 1.22 > 1.1 × 1.1
+		{Interval{Median: 1.05, Low: 1.0, High: 1.1, N: 5}, 1.1, "?"},
 		{Interval{}, 1.1, "–"},
 	} {
 		if got := atMost(c.a, b, c.factor); got != c.want {

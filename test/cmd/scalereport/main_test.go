@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kptune/test/churn"
+)
+
+// TestReport: from records on disk, the report's tables hold each way's medians, intervals and
+// counts by scale, a scale a way was not measured at as "–", the spacings after the change, and
+// the inspections; the plots are written.
+func TestReport(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	var lines []string
+	add := func(r churn.ScaleRecord) {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	for i := range 5 {
+		k := float64(i) / 100
+		for _, services := range []int{1000, 10000} {
+			restart := float64(services) / 1000 // 1 s at 1k, 10 s at 10k
+			add(churn.ScaleRecord{Transition: &churn.Transition{How: churn.ByRestart, Mode: "iptables", From: time.Second, To: 5 * time.Second,
+				ApplySeconds: restart + k, GapSeconds: restart + 1 + k, ProbeSeconds: restart + 0.5 + k,
+				SyncTimes: []float64{restart + k, restart + 0.1, restart + 5.1, restart + 10.2}, Services: services, Endpoints: 10, Build: "v1.33.5 iptables"}})
+			add(churn.ScaleRecord{Locate: &churn.Locate{Mode: "iptables", Locator: "scan", Seconds: 0.2 + k, PeakRSSMiB: 30, KubeProxyRSSMiB: 100,
+				Services: services, Endpoints: 10, Build: "v1.33.5 iptables"}})
+		}
+		// kptune set measured at 1k only: its 10k cell is missing.
+		add(churn.ScaleRecord{Transition: &churn.Transition{How: churn.BySet, Mode: "iptables", From: 5 * time.Second, To: time.Second,
+			ApplySeconds: 0.4 + k, GapSeconds: 2 + k, ProbeSeconds: 3 + k, SyncTimes: []float64{0.3, 1.3, 2.3, 3.4}, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables"}})
+	}
+	if err := os.WriteFile(filepath.Join(in, "all.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := generate(in, out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, want := range []string{
+		"15 transitions and\n10 inspections",
+		"| | 1000 × 10 | 10000 × 10 |",
+		"| iptables, kptune set | 0.42 [0.40, 0.44] (5) | – |",
+		"| iptables, restart | 1.02 [1.00, 1.04] (5) | 10.02 [10.00, 10.04] (5) |",
+		// The spacings: the first after the change (restart: its bucket's second sync), then settled.
+		"| iptables, restart 1s→5s | 0.08 [0.06, 0.10] (5) | 0.08 [0.06, 0.10] (5) |",
+		"| iptables, kptune set 5s→1s | 1.00 [1.00, 1.00] (5) | – |",
+		"| iptables, restart 1s→5s | 5.05 [5.05, 5.05] (5) | 5.05 [5.05, 5.05] (5) |",
+		"| iptables, scan | 0.220 [0.200, 0.240] (5) | 0.220 [0.200, 0.240] (5) |",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("the report lacks %q:\n%s", want, doc)
+		}
+	}
+	for _, f := range []string{"apply.svg", "gap.svg", "probe.svg", "inspect.svg"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(in, "bad.jsonl"), []byte("{}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := generate(in, out); err == nil || !strings.Contains(err.Error(), "bad.jsonl:1") {
+		t.Errorf("a record neither kind: %v", err)
+	}
+}
