@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"kptune/test/benchstat"
 )
 
 func read(t *testing.T, path string) string {
@@ -64,38 +66,67 @@ func e2eSummary(t *testing.T, text string) map[string][3]float64 {
 	return out
 }
 
+// scaleRecord is what the README takes of a scale bench record (test/churn ScaleRecord).
+type scaleRecord struct {
+	Transition *struct {
+		How, Mode                              string
+		ApplySeconds, GapSeconds, ProbeSeconds float64
+	}
+	Locate *struct {
+		Locator             string
+		Seconds, PeakRSSMiB float64
+	}
+}
+
+func scaleRecords(t *testing.T, path string) []scaleRecord {
+	t.Helper()
+	var out []scaleRecord
+	for _, line := range strings.Split(strings.TrimSpace(read(t, path)), "\n") {
+		var r scaleRecord
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 func TestREADMEFiguresMatchResults(t *testing.T) {
 	readme := read(t, "README.md")
 	bench := read(t, "bench/README.md")
 
-	// Restart against live retune.
-	var trans []struct {
-		How, Mode                              string
-		ApplySeconds, GapSeconds, ProbeSeconds float64
-		Services, Endpoints                    int
-	}
-	if err := json.Unmarshal([]byte(read(t, "bench/results/churn/5000x10/transitions.json")), &trans); err != nil {
-		t.Fatal(err)
-	}
-	found := 0
-	for _, tr := range trans {
-		if tr.Mode != "iptables" {
-			continue
+	// Restart against kptune set at 10000 × 10: the scale bench's intervals.
+	scale := scaleRecords(t, "bench/results/scale/10000x10.jsonl")
+	for _, mode := range []string{"iptables", "nftables"} {
+		for _, row := range []struct{ how, label, apply string }{
+			{"restart", "restart with the new flag", "%.1f"}, {"kptune set", "`kptune set`", "%.2f"},
+		} {
+			var apply, gap, probe []float64
+			for _, r := range scale {
+				if x := r.Transition; x != nil && x.Mode == mode && x.How == row.how {
+					apply, gap, probe = append(apply, x.ApplySeconds), append(gap, x.GapSeconds), append(probe, x.ProbeSeconds)
+				}
+			}
+			if len(apply) < 10 {
+				t.Errorf("10000x10.jsonl: %d %s transitions in %s mode, want 10", len(apply), row.how, mode)
+				continue
+			}
+			s := func(format string, xs []float64) string {
+				i := benchstat.Bootstrap(xs)
+				return fmt.Sprintf(format+" s ["+format+", "+format+"]", i.Median, i.Low, i.High)
+			}
+			expect(t, readme, "README", fmt.Sprintf("| %s | %s | %s | %s | %s |", mode, row.label, s(row.apply, apply), s("%.1f", gap), s("%.1f", probe)),
+				fmt.Sprintf("the %s %s row", mode, row.how))
 		}
-		switch tr.How {
-		case "restart":
-			found++
-			expect(t, readme, "README", fmt.Sprintf("| restart with the new flag | %.1f s (its first full sync) | %.1f s | %.1f s |",
-				tr.ApplySeconds, tr.GapSeconds, tr.ProbeSeconds), "the restart row")
-		case "kptune set":
-			found++
-			expect(t, readme, "README", fmt.Sprintf("| `kptune set` | %.2f s (the command, locate included) | %.1f s (an ordinary gap) | %.1f s |",
-				tr.ApplySeconds, tr.GapSeconds, tr.ProbeSeconds), "the kptune set row")
+	}
+	var walls, peaks []float64
+	for _, r := range scale {
+		if l := r.Locate; l != nil && l.Locator == "scan" {
+			walls, peaks = append(walls, l.Seconds), append(peaks, l.PeakRSSMiB)
 		}
 	}
-	if found != 2 {
-		t.Errorf("transitions.json: %d iptables transitions, want a restart and a kptune set", found)
-	}
+	iw, ip := benchstat.Bootstrap(walls), benchstat.Bootstrap(peaks)
+	expect(t, readme, "README", fmt.Sprintf("| %.2f s [%.2f, %.2f] / %.0f MiB [%.0f, %.0f] |", iw.Median, iw.Low, iw.High, ip.Median, ip.Low, ip.High), "inspect at 10000 × 10")
 
 	// The deployed agent.
 	e := e2eSummary(t, read(t, "bench/results/e2e-bench.txt"))

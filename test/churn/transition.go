@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os/exec"
 	"slices"
 	"sync"
@@ -41,6 +42,9 @@ type Transition struct {
 	// Syncs after the change (to the end of the observation), and the sync periods seen then.
 	SyncsAfter int       `json:"syncsAfter"`
 	SyncTimes  []float64 `json:"syncTimes"` // completed syncs, seconds from the decision
+	// SyncSeconds is each of those syncs' length (null where it could not be told), from kube-proxy's
+	// sync duration histogram: a sync started at its time less its length.
+	SyncSeconds []Maybe `json:"syncSeconds,omitempty"`
 	Services   int       `json:"services"`
 	Endpoints  int       `json:"endpoints"`
 	Build      string    `json:"build"`
@@ -178,23 +182,34 @@ func inspect(ctx context.Context, o Options, kp *testbed.KubeProxy, locator stri
 func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, from, to time.Duration, o Options) (Transition, error) {
 	t := Transition{How: how, From: from, To: to}
 	// Completed syncs, from kube-proxy's last-sync timestamp polled every 100 ms (through a restart,
-	// when the scrapes fail for a while).
+	// when the scrapes fail for a while), each with its length: the growth of the sync duration
+	// histogram's sum when its count grew by one (syncs are a second or more apart; the two metrics
+	// are not updated at the same instant, so the length goes to the latest sync still without one).
 	var mu sync.Mutex
 	var syncs []float64
+	var lengths []Maybe
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	var polled sync.WaitGroup
 	polled.Add(1)
 	go func() {
 		defer polled.Done()
+		var count uint64
+		var sum float64
 		for pollCtx.Err() == nil {
-			if s, err := kp.Metrics.Scrape(pollCtx); err == nil {
-				if ts := s.Max(kpmetrics.LastSyncTimestamp); ts > 0 {
-					mu.Lock()
-					if len(syncs) == 0 || syncs[len(syncs)-1] != ts {
-						syncs = append(syncs, ts)
-					}
-					mu.Unlock()
+			if s, err := kp.Metrics.Scrape(pollCtx, kpmetrics.LastSyncTimestamp, kpmetrics.SyncDuration); err == nil {
+				mu.Lock()
+				if ts := s.Max(kpmetrics.LastSyncTimestamp); ts > 0 && (len(syncs) == 0 || syncs[len(syncs)-1] != ts) {
+					syncs, lengths = append(syncs, ts), append(lengths, Maybe(math.NaN()))
 				}
+				n, sm := s.Histogram(kpmetrics.SyncDuration)
+				if n < count { // a new process
+					count, sum = 0, 0
+				}
+				if n == count+1 && len(syncs) > 0 && math.IsNaN(float64(lengths[len(lengths)-1])) {
+					lengths[len(lengths)-1] = Maybe(sm - sum)
+				}
+				count, sum = n, sm
+				mu.Unlock()
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -253,18 +268,25 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 	for _, ts := range syncs[next:] {
 		t.SyncTimes = append(t.SyncTimes, ts-at)
 	}
+	t.SyncSeconds = lengths[next:]
 	t.SyncsAfter = len(syncs) - next
 	return t, nil
 }
 
-// Spacings are the times between consecutive syncs completed once the change was applied (after
-// ApplySeconds): the period kube-proxy keeps once the change is in force. The first may still be
-// the old period's, when a sync was running or due under it as the change landed.
+// Spacings are the times between the starts of consecutive syncs that started once the change
+// was in force (after kptune set returned; for a restart, every sync of the new process): the
+// period kube-proxy keeps. A sync whose length is unknown breaks the chain. (The times between
+// completions are not the period: a long sync followed by a short one completes closer to it.)
 func (t Transition) Spacings() []float64 {
+	inForce := 0.0
+	if t.How == BySet {
+		inForce = t.ApplySeconds
+	}
 	var out []float64
-	for i := 1; i < len(t.SyncTimes); i++ {
-		if t.SyncTimes[i-1] >= t.ApplySeconds {
-			out = append(out, t.SyncTimes[i]-t.SyncTimes[i-1])
+	for i := 1; i < len(t.SyncTimes) && i < len(t.SyncSeconds); i++ {
+		a, b := t.SyncTimes[i-1]-float64(t.SyncSeconds[i-1]), t.SyncTimes[i]-float64(t.SyncSeconds[i])
+		if !math.IsNaN(a) && !math.IsNaN(b) && a >= inForce {
+			out = append(out, b-a)
 		}
 	}
 	return out

@@ -175,8 +175,8 @@ func byLocator(l churn.Locate) (string, int, int) {
 	return l.Mode + ", " + l.Locator, l.Services, l.Endpoints
 }
 
-// first is the first sync spacing once the change was applied; settled the median of the ones
-// after it (NaN where there are none).
+// first is the first sync spacing once the change was in force (Transition.Spacings); settled the
+// median of the ones after it (NaN where there are none).
 func first(t churn.Transition) float64 {
 	if s := t.Spacings(); len(s) > 0 {
 		return s[0]
@@ -252,9 +252,10 @@ func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate) e
 		fmt.Fprintf(w, "![%s](%s.svg)\n\n", f.ylabel, f.file)
 	}
 	fmt.Fprintf(w, "## Sync spacing once the change is in force\n\n")
-	fmt.Fprintf(w, "Between the syncs completed after the change was applied. The first spacing may still be the old period's (a sync running or\n")
-	fmt.Fprintf(w, "due under it as the change landed; after a restart, the new process's token bucket starts full, two syncs deep); the\n")
-	fmt.Fprintf(w, "settled spacing is the median of the spacings after it, per transition.\n\n")
+	fmt.Fprintf(w, "Between the starts of consecutive syncs (a sync's completion less its length, from kube-proxy's sync duration histogram)\n")
+	fmt.Fprintf(w, "started once the change was in force: after `kptune set` returned, or every sync of the restarted process (whose token\n")
+	fmt.Fprintf(w, "bucket starts full, two syncs deep: its first two syncs may come within one 100 ms poll, and the first's length is then\n")
+	fmt.Fprintf(w, "unknown and left out). The settled spacing is the median of the spacings after the first, per transition.\n\n")
 	table(w, "First spacing", cols, group(ts, byDirection, first), "%.2f")
 	table(w, "Settled spacing", cols, group(ts, byDirection, settled), "%.2f")
 	fmt.Fprintf(w, "## `kptune inspect` at scale\n\n")

@@ -24,19 +24,20 @@ func TestReport(t *testing.T) {
 		}
 		lines = append(lines, string(b))
 	}
+	lengths := []churn.Maybe{0.05, 0.05, 0.05, 0.05}
 	for i := range 5 {
 		k := float64(i) / 100
 		for _, services := range []int{1000, 10000} {
 			restart := float64(services) / 1000 // 1 s at 1k, 10 s at 10k
 			add(churn.ScaleRecord{Transition: &churn.Transition{How: churn.ByRestart, Mode: "iptables", From: time.Second, To: 5 * time.Second,
 				ApplySeconds: restart + k, GapSeconds: restart + 1 + k, ProbeSeconds: restart + 0.5 + k,
-				SyncTimes: []float64{restart + k, restart + 0.1, restart + 5.1, restart + 10.2}, Services: services, Endpoints: 10, Build: "v1.33.5 iptables"}})
+				SyncTimes: []float64{restart + k, restart + 0.1, restart + 5.1, restart + 10.2}, SyncSeconds: lengths, Services: services, Endpoints: 10, Build: "v1.33.5 iptables"}})
 			add(churn.ScaleRecord{Locate: &churn.Locate{Mode: "iptables", Locator: "scan", Seconds: 0.2 + k, PeakRSSMiB: 30, KubeProxyRSSMiB: 100,
 				Services: services, Endpoints: 10, Build: "v1.33.5 iptables"}})
 		}
 		// kptune set measured at 1k only: its 10k cell is missing.
 		add(churn.ScaleRecord{Transition: &churn.Transition{How: churn.BySet, Mode: "iptables", From: 5 * time.Second, To: time.Second,
-			ApplySeconds: 0.4 + k, GapSeconds: 2 + k, ProbeSeconds: 3 + k, SyncTimes: []float64{0.3, 1.3, 2.3, 3.4}, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables"}})
+			ApplySeconds: 0.4 + k, GapSeconds: 2 + k, ProbeSeconds: 3 + k, SyncTimes: []float64{0.3, 1.3, 2.3, 3.4}, SyncSeconds: lengths, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables"}})
 	}
 	if err := os.WriteFile(filepath.Join(in, "all.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -54,7 +55,8 @@ func TestReport(t *testing.T) {
 		"| | 1000 × 10 | 10000 × 10 |",
 		"| iptables, kptune set | 0.42 [0.40, 0.44] (5) | – |",
 		"| iptables, restart | 1.02 [1.00, 1.04] (5) | 10.02 [10.00, 10.04] (5) |",
-		// The spacings: the first after the change (restart: its bucket's second sync), then settled.
+		// The spacings between starts: the first once the change is in force (restart: its bucket's
+		// second sync), then settled.
 		"| iptables, restart 1s→5s | 0.08 [0.06, 0.10] (5) | 0.08 [0.06, 0.10] (5) |",
 		"| iptables, kptune set 5s→1s | 1.00 [1.00, 1.00] (5) | – |",
 		"| iptables, restart 1s→5s | 5.05 [5.05, 5.05] (5) | 5.05 [5.05, 5.05] (5) |",
