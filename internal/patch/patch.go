@@ -163,8 +163,12 @@ func Plan(f locate.Found, l layout.Layout, c Change) (Values, []Write, error) {
 //
 //	tokens' = 1 − (1 − tokens) × newLimit / oldLimit
 //
-// Tokens of one or more allow a run now whatever the limit, and are left alone. A value no bucket
-// of this burst holds (outside [0, burst]: kube-proxy only ever asks it for a run now, which takes
+// The same formula keeps a bucket holding more than a token in step: a run is allowed now, and the
+// credit beyond it (tokens − 1, piled up at the old rate while syncs ran longer than the old
+// period) is kept as the same time at the new rate, so that it lets runs come early by no more
+// than it would have under the old period. (Left as it was, a credit of nearly a token let two
+// syncs start less than a new period apart after a raise at 10000 Services.) A value no bucket of
+// this burst holds (outside [0, burst]: kube-proxy only ever asks it for a run now, which takes
 // tokens only when there is one) is refused: nothing is written.
 func keepNextRun(oldLimit, newLimit float64, burst int64) func([]byte) ([]byte, error) {
 	return func(cur []byte) ([]byte, error) {
@@ -172,11 +176,8 @@ func keepNextRun(oldLimit, newLimit float64, burst int64) func([]byte) ([]byte, 
 			return nil, fmt.Errorf("tokens: read %d bytes", len(cur))
 		}
 		tokens := math.Float64frombits(binary.LittleEndian.Uint64(cur))
-		switch {
-		case !(tokens >= 0 && tokens <= float64(burst)):
+		if !(tokens >= 0 && tokens <= float64(burst)) {
 			return nil, fmt.Errorf("the rate limiter holds %v tokens, not what a bucket of burst %d holds: %w", tokens, burst, locate.ErrStale)
-		case tokens >= 1:
-			return nil, nil
 		}
 		return binary.LittleEndian.AppendUint64(nil, math.Float64bits(1-(1-tokens)*newLimit/oldLimit)), nil
 	}

@@ -214,19 +214,19 @@ func TestPlanRefusals(t *testing.T) {
 	}
 }
 
-// TestKeepNextRun: raised, the period leaves the bucket's next token when it was due; a bucket
-// holding a token is left alone, and one holding what no bucket holds is refused.
+// TestKeepNextRun: raised, the period leaves the bucket's next token when it was due, and a credit
+// beyond a token as the same time at the new rate; a bucket holding what no bucket holds is refused.
 func TestKeepNextRun(t *testing.T) {
 	adjust := keepNextRun(1, 0.125, 2)
 	f64 := func(v float64) []byte { return binary.LittleEndian.AppendUint64(nil, math.Float64bits(v)) }
 	for _, c := range []struct {
 		tokens float64
-		want   float64 // -1: left alone; NaN: refused
+		want   float64 // NaN: refused
 	}{
 		{0, 0.875},        // due 1 s after the last run: 1 − 0.875 = 0.125 = 1 s at 0.125/s
 		{0.6, 0.95},       // due 0.4 s after
-		{1, -1},           // a run is allowed now
-		{2, -1},           // a full bucket
+		{1, 1},            // a run is allowed now, and no more
+		{2, 1.125},        // a full bucket: a run now, and the next 1 s sooner than the new period (as at the old rate)
 		{2.5, math.NaN()}, // above the burst
 		{-0.1, math.NaN()},
 		{math.NaN(), math.NaN()},
@@ -237,10 +237,6 @@ func TestKeepNextRun(t *testing.T) {
 		case math.IsNaN(c.want):
 			if err == nil || !errors.Is(err, locate.ErrStale) {
 				t.Errorf("tokens %v: %x, %v; want refused", c.tokens, got, err)
-			}
-		case c.want < 0:
-			if got != nil || err != nil {
-				t.Errorf("tokens %v: %x, %v; want left alone", c.tokens, got, err)
 			}
 		default:
 			if err != nil || math.Abs(math.Float64frombits(binary.LittleEndian.Uint64(got))-c.want) > 1e-12 {

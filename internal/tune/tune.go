@@ -281,15 +281,10 @@ func addRunner(res *ProcessResult, rws target.Plan, f locate.Found, v patch.Valu
 	return append(rws, patch.RunnerWrites{Found: f, Writes: ws})
 }
 
-// fieldNames names the fields of writes: an adjusted one, whose value is read and computed inside the
-// stop, with the condition it is written on until it has been.
+// fieldNames names the fields of writes.
 func fieldNames(ws []patch.Write) []string {
 	out := []string{}
 	for _, w := range ws {
-		if w.Adjust != nil {
-			out = append(out, w.Field+" (if under one)")
-			continue
-		}
 		out = append(out, w.Field)
 	}
 	return out
