@@ -7,6 +7,7 @@ package docs
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -97,7 +98,13 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 
 	// Restart against kptune set at 10000 × 10: the scale bench's intervals.
 	scale := scaleRecords(t, "bench/results/scale/10000x10.jsonl")
-	for _, mode := range []string{"iptables", "nftables"} {
+	modes := map[string]bool{"iptables": true} // and every other mode the file holds
+	for _, r := range scale {
+		if r.Transition != nil {
+			modes[r.Transition.Mode] = true
+		}
+	}
+	for _, mode := range slices.Sorted(maps.Keys(modes)) {
 		for _, row := range []struct{ how, label, apply string }{
 			{"restart", "restart with the new flag", "%.1f"}, {"kptune set", "`kptune set`", "%.2f"},
 		} {

@@ -45,10 +45,10 @@ type Transition struct {
 	// SyncSeconds is each of those syncs' length (null where it could not be told), from kube-proxy's
 	// sync duration histogram: a sync started at its time less its length.
 	SyncSeconds []Maybe `json:"syncSeconds,omitempty"`
-	Services   int       `json:"services"`
-	Endpoints  int       `json:"endpoints"`
-	Build      string    `json:"build"`
-	When       string    `json:"when"`
+	Services    int     `json:"services"`
+	Endpoints   int     `json:"endpoints"`
+	Build       string  `json:"build"`
+	When        string  `json:"when"`
 	// Pair is the transition's pair in a scale run (from 1; 0 in runs before pairs).
 	Pair int `json:"pair,omitempty"`
 }

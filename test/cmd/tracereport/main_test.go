@@ -87,6 +87,19 @@ func TestReport(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	if strings.Contains(doc, "Provisional") {
+		t.Error("five repetitions marked provisional")
+	}
+	// The first repetition alone: its judgements are marked provisional.
+	if err := os.WriteFile(filepath.Join(in, "1000x10.jsonl"), []byte(strings.Join(lines[:3], "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := generate(in, out); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "README.md")); err != nil || !strings.Contains(string(b), "Provisional: 1 repetition(s) of a setup, not the 5") {
+		t.Errorf("one repetition not marked provisional: %v\n%s", err, b)
+	}
 }
 
 func TestAtMost(t *testing.T) {
