@@ -274,18 +274,16 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 }
 
 // Spacings are the times between the starts of consecutive syncs that started once the change
-// was in force (after kptune set returned; for a restart, every sync of the new process): the
-// period kube-proxy keeps. A sync whose length is unknown breaks the chain. (The times between
-// completions are not the period: a long sync followed by a short one completes closer to it.)
+// was in force (after kptune set returned; after a restarted kube-proxy's first sync, whose length
+// is its start-up, not a period): the period kube-proxy keeps. A sync whose length is unknown, or
+// whose length would start it before the previous sync ended (one runner syncs at a time: the
+// length was misread), breaks the chain. (The times
+// between completions are not the period: a long sync followed by a short one completes closer.)
 func (t Transition) Spacings() []float64 {
-	inForce := 0.0
-	if t.How == BySet {
-		inForce = t.ApplySeconds
-	}
 	var out []float64
 	for i := 1; i < len(t.SyncTimes) && i < len(t.SyncSeconds); i++ {
 		a, b := t.SyncTimes[i-1]-float64(t.SyncSeconds[i-1]), t.SyncTimes[i]-float64(t.SyncSeconds[i])
-		if !math.IsNaN(a) && !math.IsNaN(b) && a >= inForce {
+		if !math.IsNaN(a) && !math.IsNaN(b) && a >= t.ApplySeconds && b >= t.SyncTimes[i-1]-0.1 {
 			out = append(out, b-a)
 		}
 	}
