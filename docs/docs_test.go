@@ -36,15 +36,6 @@ func expect(t *testing.T, doc, docName, want, what string) {
 	}
 }
 
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 // e2eSummary reads the summary table TestBenchDeploy ends with: name → median, min, max.
 func e2eSummary(t *testing.T, text string) map[string][3]float64 {
 	t.Helper()
@@ -179,7 +170,7 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 	if len(p50) != 5 {
 		t.Fatalf("stop.txt: %d idle runs, want 5", len(p50))
 	}
-	expect(t, readme, "README", fmt.Sprintf("| %.0f µs / %.1f ms |", median(p50), median(p99)/1000), "the stop")
+	expect(t, readme, "README", fmt.Sprintf("| %.0f µs / %.1f ms |", benchstat.Median(p50), benchstat.Median(p99)/1000), "the stop")
 
 	// kube-proxy's CPU in steady churn: the median of a result's windows.
 	cores := func(file string) float64 {
@@ -194,7 +185,7 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 		if len(xs) == 0 {
 			t.Fatalf("%s: no window", file)
 		}
-		return median(xs)
+		return benchstat.Median(xs)
 	}
 	for _, mode := range []string{"iptables", "nftables"} {
 		want := fmt.Sprintf("| %.3f / %.3f cores |", cores(mode+"-static-1s-steady-10.json"), cores(mode+"-adaptive-steady-10.json"))
@@ -226,15 +217,15 @@ func TestWriteBenchmarkMatchesResults(t *testing.T) {
 	span := func(name string, digits int) string {
 		xs := metrics[name]
 		f := "%." + strconv.Itoa(digits) + "f"
-		return fmt.Sprintf(f+" ms ("+f+" – "+f+")", median(xs), slices.Min(xs), slices.Max(xs))
+		return fmt.Sprintf(f+" ms ("+f+" – "+f+")", benchstat.Median(xs), slices.Min(xs), slices.Max(xs))
 	}
 	r := metrics["cpu-ratio"]
 	expect(t, bench, "bench/README.md", fmt.Sprintf("| CPU | %s | %s | %.1f× (%.1f – %.1f) |",
-		span("scan-cpu-ms/write", 1), span("held-cpu-ms/write", 1), median(r), slices.Min(r), slices.Max(r)), "BenchmarkWrite CPU")
+		span("scan-cpu-ms/write", 1), span("held-cpu-ms/write", 1), benchstat.Median(r), slices.Min(r), slices.Max(r)), "BenchmarkWrite CPU")
 	expect(t, bench, "bench/README.md", fmt.Sprintf("| CPU besides the stop | %s | %s | |",
 		span("scan-cpu-besides-stop-ms/write", 1), span("held-cpu-besides-stop-ms/write", 1)), "BenchmarkWrite CPU besides the stop")
 	expect(t, bench, "bench/README.md", fmt.Sprintf("| bytes allocated | %.1f MiB | %.2f MiB | |",
-		median(metrics["scan-MiB/write"]), median(metrics["held-MiB/write"])), "BenchmarkWrite bytes")
+		benchstat.Median(metrics["scan-MiB/write"]), benchstat.Median(metrics["held-MiB/write"])), "BenchmarkWrite bytes")
 
 	agent := map[string][]float64{}
 	re = regexp.MustCompile(`([\d.]+) ([\w/-]+)`)
@@ -251,7 +242,7 @@ func TestWriteBenchmarkMatchesResults(t *testing.T) {
 		t.Fatalf("bench/results/agent-write.txt: %d runs, scans %v", len(round), agent["scans"])
 	}
 	expect(t, bench, "bench/README.md", fmt.Sprintf("A round that writes costs %.1f ms of CPU (%.1f – %.1f:",
-		median(round), slices.Min(round), slices.Max(round)), "BenchmarkAgentWrite CPU")
+		benchstat.Median(round), slices.Min(round), slices.Max(round)), "BenchmarkAgentWrite CPU")
 	expect(t, bench, "bench/README.md", fmt.Sprintf("located the runners once (one scan) for its %.0f\nwrites",
-		median(agent["writes"])), "BenchmarkAgentWrite writes")
+		benchstat.Median(agent["writes"])), "BenchmarkAgentWrite writes")
 }
