@@ -1,12 +1,17 @@
-// Package benchstat is the statistics the bench reports share: medians with percentile bootstrap
-// intervals, reproducible from run to run.
+// Package benchstat is what the bench reports share: medians with percentile bootstrap intervals,
+// reproducible from run to run, and the reading of their JSON-lines records.
 package benchstat
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"sort"
 )
 
 // Interval is a median with a bootstrap confidence interval; N is the number of values, and a
@@ -65,4 +70,40 @@ func (i Interval) Format(format string) string {
 func (i Interval) Scale(k float64) Interval {
 	i.Median, i.Low, i.High = i.Median*k, i.Low*k, i.High*k
 	return i
+}
+
+// ReadJSONL decodes every line of every *.jsonl file in dir, files in name order, into a T and
+// hands it to each with its file; an error names the file and line.
+func ReadJSONL[T any](dir string, each func(file string, v T) error) error {
+	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, file := range files {
+		if err := readFile(file, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readFile[T any](file string, each func(string, T) error) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
+	for n := 1; sc.Scan(); n++ {
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+		if err := each(file, v); err != nil {
+			return fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+	}
+	return sc.Err()
 }

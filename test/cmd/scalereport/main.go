@@ -9,8 +9,7 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -64,42 +63,20 @@ func generate(in, out string) error {
 
 // load reads every record of every *.jsonl file in dir.
 func load(dir string) ([]churn.Transition, []churn.Locate, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
-	if err != nil {
-		return nil, nil, err
-	}
-	sort.Strings(files)
 	var ts []churn.Transition
 	var ls []churn.Locate
-	for _, file := range files {
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, nil, err
+	err := benchstat.ReadJSONL(dir, func(_ string, r churn.ScaleRecord) error {
+		switch {
+		case r.Transition != nil:
+			ts = append(ts, *r.Transition)
+		case r.Locate != nil:
+			ls = append(ls, *r.Locate)
+		default:
+			return errors.New("neither a transition nor a locate")
 		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
-		for n := 1; sc.Scan(); n++ {
-			var r churn.ScaleRecord
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				f.Close()
-				return nil, nil, fmt.Errorf("%s:%d: %w", file, n, err)
-			}
-			switch {
-			case r.Transition != nil:
-				ts = append(ts, *r.Transition)
-			case r.Locate != nil:
-				ls = append(ls, *r.Locate)
-			default:
-				f.Close()
-				return nil, nil, fmt.Errorf("%s:%d: neither a transition nor a locate", file, n)
-			}
-		}
-		f.Close()
-		if err := sc.Err(); err != nil {
-			return nil, nil, err
-		}
-	}
-	return ts, ls, nil
+		return nil
+	})
+	return ts, ls, err
 }
 
 type Interval = benchstat.Interval

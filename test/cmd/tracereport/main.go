@@ -8,8 +8,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -69,34 +66,12 @@ func generate(in, out string) error {
 // load reads every run of every *.jsonl file in dir, in file order. A file is one experiment (its
 // name, without .jsonl, in each run's Experiment) and has sections of its own in the report.
 func load(dir string) ([]run, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(files)
 	var runs []run
-	for _, file := range files {
-		name := strings.TrimSuffix(filepath.Base(file), ".jsonl")
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, err
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
-		for n := 1; sc.Scan(); n++ {
-			var r churn.TraceRun
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("%s:%d: %w", file, n, err)
-			}
-			runs = append(runs, run{TraceRun: r, experiment: name})
-		}
-		f.Close()
-		if err := sc.Err(); err != nil {
-			return nil, err
-		}
-	}
-	return runs, nil
+	err := benchstat.ReadJSONL(dir, func(file string, r churn.TraceRun) error {
+		runs = append(runs, run{TraceRun: r, experiment: strings.TrimSuffix(filepath.Base(file), ".jsonl")})
+		return nil
+	})
+	return runs, err
 }
 
 // run is one run and the experiment (results file) it belongs to.
