@@ -101,6 +101,7 @@ bench-scale: prebuild
 # Every table and plot of the bench reports, made again from bench/results alone.
 bench-report:
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/5000x10 -out bench/churn
+	$(GO) run ./test/cmd/benchplot -in bench/results/churn/1000x10 -out bench/churn/1000x10
 	$(GO) run ./test/cmd/tracereport -in bench/results/trace -out bench/trace
 	$(GO) run ./test/cmd/scalereport -in bench/results/scale -out bench/scale
 

@@ -1,17 +1,22 @@
 // Package benchstat is what the bench reports share: medians with percentile bootstrap intervals,
-// reproducible from run to run, and the reading of their JSON-lines records.
+// reproducible from run to run, the reading of their JSON-lines records, and the check that a
+// committed report is what its records give.
 package benchstat
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // Interval is a median with a bootstrap confidence interval; N is the number of values, and a
@@ -106,4 +111,54 @@ func readFile[T any](file string, each func(string, T) error) error {
 		}
 	}
 	return sc.Err()
+}
+
+// SameFiles reports how a generated report directory (got) differs from the committed one (want):
+// a file missing from either, or one whose bytes differ, named with the command that regenerates it.
+func SameFiles(got, want, regenerate string) error {
+	names := func(dir string) (map[string]bool, error) {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		m := map[string]bool{}
+		for _, e := range entries {
+			if e.Type().IsRegular() {
+				m[e.Name()] = true
+			}
+		}
+		return m, nil
+	}
+	g, err := names(got)
+	if err != nil {
+		return err
+	}
+	w, err := names(want)
+	if err != nil {
+		return err
+	}
+	var diffs []string
+	for _, name := range slices.Sorted(maps.Keys(g)) {
+		if !w[name] {
+			diffs = append(diffs, name+" is not committed")
+			continue
+		}
+		a, errA := os.ReadFile(filepath.Join(got, name))
+		b, errB := os.ReadFile(filepath.Join(want, name))
+		if err := errors.Join(errA, errB); err != nil {
+			return err
+		}
+		if !bytes.Equal(a, b) {
+			diffs = append(diffs, name+" differs from what its records give")
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(w)) {
+		if !g[name] {
+			diffs = append(diffs, name+" is committed but no record makes it")
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("%s: %s; run %s and commit the result", want, strings.Join(diffs, ", "), regenerate)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"kptune/test/benchstat"
 	"kptune/test/churn"
 )
 
@@ -65,6 +66,20 @@ func TestReport(t *testing.T) {
 	for _, f := range []string{"cpu.svg", "latency.svg", "frontier-iptables-steady-10.svg"} {
 		if b, err := os.ReadFile(filepath.Join(dir, f)); err != nil || !bytes.Contains(b, []byte("<svg")) {
 			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// TestCommittedReport: the committed churn reports, tables and plots, are what the committed
+// results give (make bench-report regenerates them), so that no figure in them is stale or edited.
+func TestCommittedReport(t *testing.T) {
+	for in, want := range map[string]string{"5000x10": "../../../bench/churn", "1000x10": "../../../bench/churn/1000x10"} {
+		out := t.TempDir()
+		if err := run("../../../bench/results/churn/"+in, out); err != nil {
+			t.Fatal(err)
+		}
+		if err := benchstat.SameFiles(out, want, "make bench-report"); err != nil {
+			t.Error(err)
 		}
 	}
 }

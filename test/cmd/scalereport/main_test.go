@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"kptune/test/benchstat"
 	"kptune/test/churn"
 )
 
@@ -76,5 +77,17 @@ func TestReport(t *testing.T) {
 	}
 	if err := generate(in, out); err == nil || !strings.Contains(err.Error(), "bad.jsonl:1") {
 		t.Errorf("a record neither kind: %v", err)
+	}
+}
+
+// TestCommittedReport: the committed bench/scale report, tables and plots, is what the committed
+// records give (make bench-report regenerates it), so that no figure in it is stale or edited.
+func TestCommittedReport(t *testing.T) {
+	out := t.TempDir()
+	if err := generate("../../../bench/results/scale", out); err != nil {
+		t.Fatal(err)
+	}
+	if err := benchstat.SameFiles(out, "../../../bench/scale", "make bench-report"); err != nil {
+		t.Error(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kptune/test/benchstat"
 	"kptune/test/churn"
 )
 
@@ -117,5 +118,17 @@ func TestAtMost(t *testing.T) {
 		if got := atMost(c.a, b, c.factor); got != c.want {
 			t.Errorf("atMost(%+v, %+v, %v) = %q, want %q", c.a, b, c.factor, got, c.want)
 		}
+	}
+}
+
+// TestCommittedReport: the committed bench/trace report, tables and plots, is what the committed
+// records give (make bench-report regenerates it), so that no figure in it is stale or edited.
+func TestCommittedReport(t *testing.T) {
+	out := t.TempDir()
+	if err := generate("../../../bench/results/trace", out); err != nil {
+		t.Fatal(err)
+	}
+	if err := benchstat.SameFiles(out, "../../../bench/trace", "make bench-report"); err != nil {
+		t.Error(err)
 	}
 }
