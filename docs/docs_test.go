@@ -83,6 +83,57 @@ func scaleRecords(t *testing.T, path string) []scaleRecord {
 	return out
 }
 
+// reportTable reads one table of a report's section: each row's first cell → the cells after it.
+func reportTable(t *testing.T, report, section, heading string) map[string][]string {
+	t.Helper()
+	i := strings.Index(report, section+"\n")
+	if i < 0 {
+		t.Fatalf("the report has no section %q", section)
+	}
+	rest := report[i+len(section):]
+	if j := strings.Index(rest, "\n## "); j >= 0 {
+		rest = rest[:j]
+	}
+	i = strings.Index(rest, heading+"\n")
+	if i < 0 {
+		t.Fatalf("the report's section %q has no table %q", section, heading)
+	}
+	rows := map[string][]string{}
+	for _, line := range strings.Split(rest[i+len(heading):], "\n")[2:] {
+		if line == "" && len(rows) > 0 {
+			break
+		}
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		if !strings.HasPrefix(line, "|") || len(cells) < 2 || strings.HasPrefix(line, "|---") {
+			continue
+		}
+		for k := range cells {
+			cells[k] = strings.TrimSpace(cells[k])
+		}
+		rows[cells[0]] = cells[1:]
+	}
+	if len(rows) == 0 {
+		t.Fatalf("the report's table %q in %q is empty", heading, section)
+	}
+	return rows
+}
+
+// seconds writes a cell "median [low, high]" of seconds as "median s [low, high]".
+func seconds(cell string) string {
+	median, interval, _ := strings.Cut(cell, " ")
+	return median + " s " + interval
+}
+
+// leading is the number a cell begins with (a median before its interval).
+func leading(t *testing.T, cell string) float64 {
+	t.Helper()
+	f, err := strconv.ParseFloat(strings.Fields(cell)[0], 64)
+	if err != nil {
+		t.Fatalf("cell %q: %v", cell, err)
+	}
+	return f
+}
+
 func TestREADMEFiguresMatchResults(t *testing.T) {
 	readme := read(t, "README.md")
 	bench := read(t, "bench/README.md")
@@ -125,6 +176,35 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 	}
 	iw, ip := benchstat.Bootstrap(walls), benchstat.Bootstrap(peaks)
 	expect(t, readme, "README", fmt.Sprintf("| %.2f s [%.2f, %.2f] / %.0f MiB [%.0f, %.0f] |", iw.Median, iw.Low, iw.High, ip.Median, ip.Low, ip.High), "inspect at 10000 × 10")
+
+	// The objective agent through the trace bench's day at 5000 × 10 (iptables), from the trace
+	// report, which TestCommittedReport (test/cmd/tracereport) checks against its records.
+	trace := read(t, "bench/trace/README.md")
+	section := "## 5000x10: 5000 × 10 Services × endpoints, iptables"
+	whole, cpu := reportTable(t, trace, section, "### The whole trace"), reportTable(t, trace, section, "### kube-proxy CPU (cores)")
+	objective, ok := whole["objective"]
+	if !ok {
+		t.Fatal("bench/trace/README.md: no objective row at 5000x10")
+	}
+	cheapest := ""
+	for name, cells := range whole {
+		if strings.HasPrefix(name, "static ") && cells[2] == "yes" && (cheapest == "" || leading(t, cells[0]) < leading(t, whole[cheapest][0])) {
+			cheapest = name
+		}
+	}
+	if cheapest == "" {
+		t.Fatal("bench/trace/README.md: no static period meets the objective throughout at 5000x10")
+	}
+	reps := regexp.MustCompile(`objective (\d+);`).FindStringSubmatch(trace[strings.Index(trace, section):])
+	if reps == nil {
+		t.Fatal("bench/trace/README.md: no repetition count for the objective agent at 5000x10")
+	}
+	expect(t, readme, "README", fmt.Sprintf("the objective agent (p99 ≤ 10 s) / %s, the cheapest static period that meets it throughout (median of %s, 95 %% interval) | %s / %s cores |",
+		cheapest, reps[1], objective[0], whole[cheapest][0]), "the trace's CPU")
+	expect(t, readme, "README", fmt.Sprintf("| network programming p99 in the trace's worst phase, same | %s / %s |", seconds(objective[1]), seconds(whole[cheapest][1])), "the trace's p99")
+	steady1s, steadyAgent := cpu["static 1s"][2], cpu["objective"][2]
+	expect(t, readme, "README", fmt.Sprintf("| kube-proxy CPU in the trace's steady churn, static 1s / the objective agent | %s / %s cores (%.1f×) |",
+		steady1s, steadyAgent, leading(t, steady1s)/leading(t, steadyAgent)), "the trace's steady churn")
 
 	// The deployed agent.
 	e := e2eSummary(t, read(t, "bench/results/e2e-bench.txt"))
