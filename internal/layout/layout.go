@@ -47,6 +47,10 @@ type Layout struct {
 	// RateTokens is the rate.Limiter's tokens (old generation; 0: unknown), adjusted when the period
 	// is raised (patch.Plan says why).
 	RateTokens uint64
+	// RateMu is the rate.Limiter's mutex (old generation), known if RateMuKnown: 0 in x/time since
+	// 2021, 16 before. A write that finds it locked waits for another stop (patch.Apply).
+	RateMu      uint64
+	RateMuKnown bool
 	// Confirmed: the built-in layout was checked against a runner's values, and agrees.
 	Confirmed bool
 	// Unconfirmed says why the built-in layout could not be checked against a runner's values ("":
@@ -211,9 +215,10 @@ func fromBinary(b *gobin.Binary, gen Generation, read structReader, source strin
 	if err != nil {
 		return l, err
 	}
-	if err := offsets(rl, map[string]field{"limit": {&l.RateLimit, 8}, "burst": {&l.RateBurst, 8}, "tokens": {&l.RateTokens, 8}}); err != nil {
+	if err := offsets(rl, map[string]field{"limit": {&l.RateLimit, 8}, "burst": {&l.RateBurst, 8}, "tokens": {&l.RateTokens, 8}, "mu": {&l.RateMu, 8}}); err != nil {
 		return l, err
 	}
+	l.RateMuKnown = true
 	return l, l.Check()
 }
 
@@ -269,6 +274,9 @@ func (l Layout) Check() error {
 		fs = append(fs, placed{"limiter", l.Limiter, 16, l.RunnerSize}, placed{"token bucket's limiter", l.TBLimiter, 8, maxStruct},
 			placed{"token bucket's qps", l.TBQPS, 4, maxStruct}, placed{"rate.Limiter's limit", l.RateLimit, 8, maxStruct},
 			placed{"rate.Limiter's burst", l.RateBurst, 8, maxStruct}, placed{"rate.Limiter's tokens", l.RateTokens, 8, maxStruct})
+		if l.RateMuKnown {
+			fs = append(fs, placed{"rate.Limiter's mutex", l.RateMu, 8, maxStruct})
+		}
 	}
 	for _, f := range fs {
 		if f.off > f.in || f.size > f.in-f.off {
@@ -283,7 +291,7 @@ func (l Layout) Check() error {
 var builtin = map[Generation]Layout{
 	Async: {Generation: Async, Source: BuiltinSource, RunnerSize: 152,
 		Name: 0, MinInterval: 16, MaxInterval: 24, Run: 32, Fn: 48, Limiter: 96,
-		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16, RateTokens: 24},
+		TBLimiter: 0, TBQPS: 8, RateLimit: 8, RateBurst: 16, RateTokens: 24, RateMu: 0, RateMuKnown: true},
 	Runner: {Generation: Runner, Source: BuiltinSource, RunnerSize: 104,
 		Name: 0, MinInterval: 16, RetryInterval: 24, MaxInterval: 32, Run: 40, Fn: 48},
 }

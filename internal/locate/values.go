@@ -194,12 +194,15 @@ func tokenBucket(t Target, l *layout.Layout, data uint64, qps float32) bool {
 			burst := le.Uint64(rl[lim+8:])
 			if math.Float64frombits(le.Uint64(rl[lim:])) == float64(qps) && burst >= 1 && burst <= 1<<20 {
 				l.TBLimiter, l.TBQPS, l.RateLimit, l.RateBurst = uint64(off), uint64(qOff), uint64(lim), uint64(lim+8)
-				// tokens has no value to find it by: it follows burst where the mutex leads the
-				// struct (x/time ≥ 2021: mu, limit, burst, tokens) and the mutex where it follows burst
-				// (before: limit, burst, mu, tokens); at 24 either way.
-				l.RateTokens = 0
-				if lim == 0 || lim == 8 {
-					l.RateTokens = 24
+				// tokens and the mutex have no value to find them by: tokens follows burst where the
+				// mutex leads the struct (x/time ≥ 2021: mu, limit, burst, tokens) and the mutex where
+				// it follows burst (before: limit, burst, mu, tokens); at 24 either way.
+				l.RateTokens, l.RateMu, l.RateMuKnown = 0, 0, false
+				switch lim {
+				case 0:
+					l.RateTokens, l.RateMu, l.RateMuKnown = 24, 16, true
+				case 8:
+					l.RateTokens, l.RateMu, l.RateMuKnown = 24, 0, true
 				}
 				return true
 			}

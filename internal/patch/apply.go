@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	"kptune/internal/freeze"
 	"kptune/internal/locate"
@@ -36,16 +37,48 @@ type RunnerWrites struct {
 type Applied struct {
 	freeze.Stats
 	Written [][]Write
+	// Busy is how many stops before the one that wrote found a rate limiter locked, and wrote
+	// nothing.
+	Busy int
 }
 
+// ErrBusy is wrapped when a stop found a thread of kube-proxy inside a rate limiter's critical
+// section: it would store the tokens it computed from the old rate over what was written.
+var ErrBusy = errors.New("its rate limiter is locked by a thread of kube-proxy")
+
+// Stops a write tries when it finds a rate limiter locked (held for nanoseconds at a time), and the
+// pause between them.
+const (
+	busyStops = 5
+	busyPause = 10 * time.Millisecond
+)
+
 // Apply stops the process, checks that it is the same process running the same binary, that every
-// runner still has its signature and the values it was planned from, writes, reads every write back,
-// and releases the process. On any difference nothing is written (or what was written is restored).
+// runner still has its signature and the values it was planned from and that no thread holds its
+// rate limiter's lock, writes, reads every write back, and releases the process. On any difference
+// nothing is written (or what was written is restored). A locked rate limiter releases the process
+// unchanged and tries again in a new stop, up to busyStops stops.
 func Apply(t Target, rws []RunnerWrites) (Applied, error) {
-	mem := t.Mem
-	if mem == nil {
+	if t.Mem == nil {
 		return Applied{}, errors.New("apply needs a live process's memory")
 	}
+	for busy := 0; ; busy++ {
+		a, err := apply(t, rws)
+		a.Busy = busy
+		if !errors.Is(err, ErrBusy) || busy+1 == busyStops {
+			if err != nil && errors.Is(err, ErrBusy) {
+				err = fmt.Errorf("%w in %d stops %v apart: nothing written; run kptune again", err, busyStops, busyPause)
+			}
+			return a, err
+		}
+		time.Sleep(busyPause)
+	}
+}
+
+// apply is one stop of Apply.
+func apply(t Target, rws []RunnerWrites) (Applied, error) {
+	mem := t.Mem
+	l := t.Locate.Layout
 	var writes [][]Write // each runner's, adjusted fields computed from what they hold now
 	st, err := freeze.Do(t.PID, func() error {
 		if !procfs.Alive(t.PID, t.StartTime) {
@@ -58,6 +91,16 @@ func Apply(t Target, rws []RunnerWrites) (Applied, error) {
 		for _, rw := range rws {
 			if err := locate.Revalidate(t.Locate, rw.Found); err != nil {
 				return fmt.Errorf("%w: nothing written; run kptune again", err)
+			}
+			if rw.Found.LimitAddr != 0 && l.RateMuKnown {
+				// sync.Mutex's state word leads it; its lowest bit is set while held.
+				var state [4]byte
+				if err := mem.ReadMem(state[:], rw.Found.LimitAddr+l.RateMu); err != nil {
+					return err
+				}
+				if state[0]&1 != 0 {
+					return fmt.Errorf("runner %#x: %w", rw.Found.Address, ErrBusy)
+				}
 			}
 			var ws []Write
 			for _, w := range rw.Writes {

@@ -165,6 +165,86 @@ func TestApplyRefusesAnotherProcess(t *testing.T) {
 	}
 }
 
+// lockedLimiter is a process's memory in which the rate limiter's mutex reads as held for the first
+// stops reads of it.
+type lockedLimiter struct {
+	memory.ReadWriter
+	mu    uint64
+	stops int
+	reads int
+}
+
+func (m *lockedLimiter) ReadMem(b []byte, addr uint64) error {
+	if err := m.ReadWriter.ReadMem(b, addr); err != nil {
+		return err
+	}
+	if addr == m.mu {
+		m.reads++
+		if m.reads <= m.stops {
+			b[0] |= 1
+		}
+	}
+	return nil
+}
+
+// TestApplyWaitsForUnlockedLimiter: a stop that finds a thread holding the rate limiter's lock
+// (which would store tokens computed at the old rate over the new ones) writes nothing and releases
+// the process; the write is made in a later stop once it is free, or not at all.
+func TestApplyWaitsForUnlockedLimiter(t *testing.T) {
+	needRoot(t)
+	l := start(t, testbed.Build{Version: "v1.33.5"}, testbed.AsyncRunner, time.Second)
+	lay := l.target.Locate.Layout
+	if !lay.RateMuKnown {
+		t.Fatal("the layout from type descriptors does not place the rate limiter's mutex")
+	}
+	// The live word is a sync.Mutex's state: no waiter count beyond a few, and held (bit 0) at
+	// most for an instant.
+	var state [4]byte
+	held := 0
+	for range 200 {
+		if err := l.target.Mem.ReadMem(state[:], l.found.LimitAddr+lay.RateMu); err != nil {
+			t.Fatal(err)
+		}
+		if v := binary.LittleEndian.Uint32(state[:]); v > 1<<10 {
+			t.Fatalf("the rate limiter's mutex reads %#x: not a mutex's state", v)
+		} else if v&1 != 0 {
+			held++
+		}
+	}
+	if held > 20 {
+		t.Errorf("the rate limiter's mutex read as held %d times in 200", held)
+	}
+	d := 5 * time.Second
+	_, ws, err := Plan(l.found, lay, Change{MinInterval: &d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := tuned(t, l)
+
+	always := l.target
+	always.Mem = &lockedLimiter{ReadWriter: l.target.Mem, mu: l.found.LimitAddr + lay.RateMu, stops: busyStops}
+	a, err := Apply(always, []RunnerWrites{{Found: l.found, Writes: ws}})
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "nothing written") || a.Busy != busyStops-1 || a.Written != nil {
+		t.Errorf("a limiter locked at every stop: %v (busy %d, written %v)", err, a.Busy, a.Written)
+	}
+	after := tuned(t, l)
+	for name := range before {
+		if !bytes.Equal(before[name], after[name]) {
+			t.Errorf("%s changed while the limiter was locked: %x → %x", name, before[name], after[name])
+		}
+	}
+
+	twice := l.target
+	twice.Mem = &lockedLimiter{ReadWriter: l.target.Mem, mu: l.found.LimitAddr + lay.RateMu, stops: 2}
+	a, err = Apply(twice, []RunnerWrites{{Found: l.found, Writes: ws}})
+	if err != nil || a.Busy != 2 || len(a.Written) != 1 {
+		t.Fatalf("a limiter locked at two stops: %v (busy %d, written %v)", err, a.Busy, a.Written)
+	}
+	if got := tuned(t, l)["minInterval"]; binary.LittleEndian.Uint64(got) != uint64(d) {
+		t.Errorf("minInterval %x after the third stop, want %v", got, d)
+	}
+}
+
 func TestPlanRefusals(t *testing.T) {
 	old := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, QPS: 1, Limit: 1, Burst: 2, LimitAddr: 0x2000, QPSAddr: 0x3008, Patchable: true}
 	cur := locate.Found{Address: 0x1000, MinInterval: time.Second, MaxInterval: time.Hour, RetryInterval: 30 * time.Second, Patchable: true}

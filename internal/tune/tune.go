@@ -309,6 +309,10 @@ func apply(ctx context.Context, o Options, p *prepared, res *ProcessResult, rws 
 	}
 	applied, err := p.t.Apply(ctx, rws, o.Pause)
 	st := applied.Stats
+	if applied.Busy > 0 && err == nil {
+		o.Log.Info(action+": a stop found a thread inside a rate limiter and wrote nothing; written at a later one",
+			"pid", pid, "stops", applied.Busy+1)
+	}
 	for i, ws := range applied.Written {
 		for j := range res.Runners {
 			if res.Runners[j].Address == fmt.Sprintf("%#x", rws[i].Found.Address) {
