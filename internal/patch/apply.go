@@ -66,7 +66,7 @@ func Apply(t Target, rws []RunnerWrites) (Applied, error) {
 		a, err := apply(t, rws)
 		a.Busy = busy
 		if !errors.Is(err, ErrBusy) || busy+1 == busyStops {
-			if err != nil && errors.Is(err, ErrBusy) {
+			if errors.Is(err, ErrBusy) {
 				err = fmt.Errorf("%w in %d stops %v apart: nothing written; run kptune again", err, busyStops, busyPause)
 			}
 			return a, err

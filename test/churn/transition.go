@@ -277,8 +277,8 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 // was in force (after kptune set returned; after a restarted kube-proxy's first sync, whose length
 // is its start-up, not a period): the period kube-proxy keeps. A sync whose length is unknown, or
 // whose length would start it before the previous sync ended (one runner syncs at a time: the
-// length was misread), breaks the chain. (The times
-// between completions are not the period: a long sync followed by a short one completes closer.)
+// length was misread), breaks the chain. (The times between completions are not the period: a long
+// sync followed by a short one completes closer.)
 func (t Transition) Spacings() []float64 {
 	var out []float64
 	for i := 1; i < len(t.SyncTimes) && i < len(t.SyncSeconds); i++ {
