@@ -24,14 +24,22 @@ const configzTimeout = 2 * time.Second
 // dual-stack).
 type probe struct {
 	p       procfs.Process
-	avg     func() (time.Duration, bool)
+	avg     func() (syncs, bool)
 	configz func() (time.Duration, bool)
+}
+
+// syncs is what kube-proxy's metrics tell of how long its syncs take.
+type syncs struct {
+	avg time.Duration
+	// first: avg is kube-proxy's first sync alone, a full one that can take minutes at scale; it
+	// has synced nothing else since it started.
+	first bool
 }
 
 func newProbe(t *target.Process) *probe {
 	return &probe{
 		p:       t.Process,
-		avg:     sync.OnceValues(func() (time.Duration, bool) { return observedSync(t.Process) }),
+		avg:     sync.OnceValues(func() (syncs, bool) { return observedSync(t.Process) }),
 		configz: sync.OnceValues(func() (time.Duration, bool) { return configzSyncPeriod(t) }),
 	}
 }
@@ -66,7 +74,8 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 		}
 		notes = append(notes, "forced past syncPeriod")
 	}
-	avg, ok := pr.avg()
+	obs, ok := pr.avg()
+	avg := obs.avg
 	if !ok {
 		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
 	}
@@ -78,6 +87,9 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 		// Already at risk with the period it has: the period is not what endangers /healthz.
 		notes = append(notes, fmt.Sprintf("kube-proxy's syncs take %v on average: a change can already wait close to 2 × syncPeriod (%v) whatever the period",
 			avg.Round(time.Millisecond), 2*period))
+	case !force && obs.first:
+		return notes, fmt.Errorf("%w: kube-proxy has synced once since it started, and that first sync, a full one, took %v: with syncs that long a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; set the period again once kube-proxy has synced a change, or use --force",
+			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*period)
 	case !force:
 		return notes, fmt.Errorf("%w: with syncs taking %v on average, a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; use --force to set it anyway",
 			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*period)
@@ -106,23 +118,35 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 
 // observedSync is kube-proxy's average sync duration: of its partial syncs where it reports them
 // (1.28+), which are what runs under churn; the first sync after a start is a full one and can take
-// minutes at scale without saying anything about the next. Else of all its syncs.
-func observedSync(p procfs.Process) (time.Duration, bool) {
+// minutes at scale without saying much about the next. Else of all its syncs, marked when that is
+// the first alone.
+func observedSync(p procfs.Process) (syncs, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), configzTimeout)
 	defer cancel()
 	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncPartialDuration, kpmetrics.SyncDuration)
 	if err != nil {
-		return 0, false
+		return syncs{}, false
 	}
+	return averageSync(s)
+}
+
+// averageSync reads the average of a scrape's sync durations, as observedSync says.
+func averageSync(s kpmetrics.Snapshot) (syncs, bool) {
 	n, sum := s.Histogram(kpmetrics.SyncPartialDuration)
+	first := false
 	if n == 0 {
 		n, sum = s.Histogram(kpmetrics.SyncDuration)
+		first = n == 1
 	}
-	if n == 0 {
-		return 0, false
+	if n == 0 || !(sum >= 0) || sum/float64(n) > maxSync.Seconds() {
+		return syncs{}, false
 	}
-	return time.Duration(sum / float64(n) * float64(time.Second)), true
+	return syncs{avg: time.Duration(sum / float64(n) * float64(time.Second)), first: first}, true
 }
+
+// maxSync bounds a plausible average sync: a larger one (or a negative or NaN sum) is not
+// kube-proxy's, and would overflow a Duration.
+const maxSync = 24 * time.Hour
 
 // configzSyncPeriod reads syncPeriod from kube-proxy's /configz.
 func configzSyncPeriod(t *target.Process) (time.Duration, bool) {

@@ -273,6 +273,23 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 	return t, nil
 }
 
+// Busy is how long the sync in progress when the change came into force ran on after it, in
+// seconds (0 if none was, or its length is unknown). After a raise by kptune set the first spacing can
+// fall short of the new period by as much as the old bucket's credit (at most one old period) and
+// this: the bucket fills at the new rate while the runner is busy, and the sync that follows, delayed
+// by it, leaves the time it waited in the bucket, as any token bucket credits a late taker.
+func (t Transition) Busy() float64 {
+	if len(t.SyncTimes) == 0 || len(t.SyncSeconds) == 0 {
+		return 0
+	}
+	end := t.SyncTimes[0]
+	start := end - float64(t.SyncSeconds[0])
+	if math.IsNaN(start) || start >= t.ApplySeconds || end <= t.ApplySeconds {
+		return 0
+	}
+	return end - t.ApplySeconds
+}
+
 // Spacings are the times between the starts of consecutive syncs that started once the change
 // was in force (after kptune set returned; after a restarted kube-proxy's first sync, whose length
 // is its start-up, not a period): the period kube-proxy keeps. A sync whose length is unknown, or
