@@ -136,7 +136,11 @@ func averageSync(s kpmetrics.Snapshot) (syncs, bool) {
 	first := false
 	if n == 0 {
 		n, sum = s.Histogram(kpmetrics.SyncDuration)
-		first = n == 1
+		// One sync a proxier (two in dual-stack): each one's first.
+		first = n > 0
+		for _, m := range s.Families[kpmetrics.SyncDuration].GetMetric() {
+			first = first && m.GetHistogram().GetSampleCount() <= 1
+		}
 	}
 	if n == 0 || !(sum >= 0) || sum/float64(n) > maxSync.Seconds() {
 		return syncs{}, false

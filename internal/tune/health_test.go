@@ -59,6 +59,10 @@ func TestAverageSync(t *testing.T) {
 		{"the first sync alone, partial reported", hist(kpmetrics.SyncDuration, 1, "47.5") + hist(kpmetrics.SyncPartialDuration, 0, "0"), syncs{avg: 47500 * time.Millisecond, first: true}, true},
 		{"the first sync alone, before 1.28", hist(kpmetrics.SyncDuration, 1, "3"), syncs{avg: 3 * time.Second, first: true}, true},
 		{"two full syncs", hist(kpmetrics.SyncDuration, 2, "90"), syncs{avg: 45 * time.Second}, true},
+		{"dual-stack, each proxier's first sync", "# TYPE " + kpmetrics.SyncDuration + " histogram\n" +
+			kpmetrics.SyncDuration + `_bucket{ip_family="IPv4",le="+Inf"} 1` + "\n" + kpmetrics.SyncDuration + `_sum{ip_family="IPv4"} 40` + "\n" + kpmetrics.SyncDuration + `_count{ip_family="IPv4"} 1` + "\n" +
+			kpmetrics.SyncDuration + `_bucket{ip_family="IPv6",le="+Inf"} 1` + "\n" + kpmetrics.SyncDuration + `_sum{ip_family="IPv6"} 50` + "\n" + kpmetrics.SyncDuration + `_count{ip_family="IPv6"} 1` + "\n",
+			syncs{avg: 45 * time.Second, first: true}, true},
 		{"no sync", hist(kpmetrics.SyncDuration, 0, "0"), syncs{}, false},
 		{"a sum past any Duration", hist(kpmetrics.SyncDuration, 1, "1e300"), syncs{}, false},
 		{"a negative sum", hist(kpmetrics.SyncDuration, 2, "-100"), syncs{}, false},
