@@ -87,12 +87,14 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 		// Already at risk with the period it has: the period is not what endangers /healthz.
 		notes = append(notes, fmt.Sprintf("kube-proxy's syncs take %v on average: a change can already wait close to 2 × syncPeriod (%v) whatever the period",
 			avg.Round(time.Millisecond), 2*period))
-	case !force && obs.first:
-		return notes, fmt.Errorf("%w: kube-proxy has synced once since it started, and that first sync, a full one, took %v: with syncs that long a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; set the period again once kube-proxy has synced a change, or use --force",
-			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*period)
 	case !force:
-		return notes, fmt.Errorf("%w: with syncs taking %v on average, a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; use --force to set it anyway",
-			patch.ErrRefused, avg.Round(time.Millisecond), worst.Round(time.Millisecond), 2*period)
+		why, what := fmt.Sprintf("with syncs taking %v on average,", avg.Round(time.Millisecond)), "use --force to set it anyway"
+		if obs.first {
+			why = fmt.Sprintf("kube-proxy has synced once since it started, and that first sync, a full one, took %v: with syncs that long", avg.Round(time.Millisecond))
+			what = "set the period again once kube-proxy has synced a change, or use --force"
+		}
+		return notes, fmt.Errorf("%w: %s a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; %s",
+			patch.ErrRefused, why, worst.Round(time.Millisecond), 2*period, what)
 	}
 	return notes, nil
 }
