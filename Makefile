@@ -7,7 +7,7 @@ GO ?= go
 TEST_BUILDS ?= v1.33.5 v1.37.2
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-trace bench-scale bench-report bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
+.PHONY: all build image e2e bench-e2e fuzz soak bench-smoke bench-churn bench-trace bench-scale bench-fullsync bench-report bench-kptune bench-stop setup prebuild test test-unit test-matrix bench demo cluster-up cluster-down clean
 
 all: build
 
@@ -98,12 +98,28 @@ bench-scale: prebuild
 	  $(GO) test -count=1 -timeout 300m -tags churn -run TestScale -v ./test/churn 2>&1; } | tee -a bench/results/scale/$(SCALE).log
 	$(MAKE) bench-report
 
+# The full-sync bench (test/churn TestFullSync): how long kube-proxy's full syncs take at FULLSYNC_SCALE,
+# its first after a start and later ones forced by a change of its Node's labels, at 1s and at 20s, and
+# whether /healthz turned 503 across them; a fresh kube-proxy a mode a repetition. About 5 minutes a
+# repetition in nftables mode at 5000x10, 2 in iptables mode.
+FULLSYNC_SCALE ?= 5000x10
+FULLSYNC_MODES ?= iptables,nftables
+FULLSYNC_REPS ?= 5
+FULLSYNC_FIRST_REP ?= 1
+bench-fullsync: prebuild
+	mkdir -p bench/results/fullsync
+	{ echo "# make bench-fullsync at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): FULLSYNC_SCALE=$(FULLSYNC_SCALE) FULLSYNC_MODES=$(FULLSYNC_MODES) FULLSYNC_REPS=$(FULLSYNC_REPS) FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP)"; \
+	  KPTUNE_FULLSYNC_SCALE=$(FULLSYNC_SCALE) KPTUNE_FULLSYNC_MODES=$(FULLSYNC_MODES) KPTUNE_FULLSYNC_REPS=$(FULLSYNC_REPS) KPTUNE_FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP) \
+	  $(GO) test -count=1 -timeout 120m -tags churn -run TestFullSync -v ./test/churn 2>&1; } | tee -a bench/results/fullsync/$(FULLSYNC_SCALE).log
+	$(MAKE) bench-report
+
 # Every table and plot of the bench reports, made again from bench/results alone.
 bench-report:
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/5000x10 -out bench/churn
 	$(GO) run ./test/cmd/benchplot -in bench/results/churn/1000x10 -out bench/churn/1000x10
 	$(GO) run ./test/cmd/tracereport -in bench/results/trace -out bench/trace
 	$(GO) run ./test/cmd/scalereport -in bench/results/scale -out bench/scale
+	$(GO) run ./test/cmd/fullsyncreport -in bench/results/fullsync -out bench/fullsync
 
 # 1000 set/reset cycles on a real kube-proxy under churn, its rules compared with an untouched one's
 # (make test runs 40).

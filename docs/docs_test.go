@@ -209,6 +209,14 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 	expect(t, readme, "README", fmt.Sprintf("| kube-proxy CPU in the trace's steady churn, static 1s / the objective agent | %s / %s cores (%.1f×) |",
 		steady1s, steadyAgent, leading(t, steady1s)/leading(t, steadyAgent)), "the trace's steady churn")
 
+	// Full syncs in nftables mode (the limitation): the report's figure, itself checked against the
+	// records by test/cmd/fullsyncreport.
+	fs := regexp.MustCompile(`- nftables: later full syncs ([\d.]+ \[[\d.]+, [\d.]+\]) s \((\d+)\)`).FindStringSubmatch(read(t, "bench/fullsync/README.md"))
+	if fs == nil {
+		t.Fatal("bench/fullsync/README.md: no nftables line")
+	}
+	expect(t, readme, "README", fmt.Sprintf("full syncs (one an hour, after a failed\n  sync, when its Node's labels change) took %s under churn", strings.Replace(fs[1], " [", " s [", 1)), "nftables full syncs")
+
 	// The deployed agent.
 	e := e2eSummary(t, read(t, "bench/results/e2e-bench.txt"))
 	f := func(name string) [3]float64 {

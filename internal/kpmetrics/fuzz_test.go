@@ -22,15 +22,17 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(sampleMetrics))
 	f.Add([]byte("# TYPE x counter\nx 1\n"))
 	f.Add([]byte("kubeproxy_sync_proxy_rules_duration_seconds_count 5\n"))
+	f.Add([]byte("# TYPE kubeproxy_sync_full_proxy_rules_duration_seconds counter\nkubeproxy_sync_full_proxy_rules_duration_seconds{ip_family=\"IPv4\"} 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Parse(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
-		for _, name := range []string{SyncDuration, SyncPartialDuration, NetworkProgramming, LastSyncTimestamp, EndpointChanges, RestoreFailures} {
+		for _, name := range []string{SyncDuration, SyncPartialDuration, SyncFullDuration, NetworkProgramming, LastSyncTimestamp, EndpointChanges, RestoreFailures} {
 			s.Value(name)
 			s.Max(name)
 			s.Histogram(name)
+			s.ByFamily(name)
 		}
 		s.Syncs()
 	})

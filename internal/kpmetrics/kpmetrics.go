@@ -173,6 +173,40 @@ func (s Snapshot) Histogram(name string) (count uint64, sum float64) {
 	return count, sum
 }
 
+// Sums are a histogram's sample count and sum.
+type Sums struct {
+	Count uint64
+	Sum   float64
+}
+
+// Mean is the histogram's mean sample, 0 without one.
+func (h Sums) Mean() float64 {
+	if h.Count == 0 {
+		return 0
+	}
+	return h.Sum / float64(h.Count)
+}
+
+// ByFamily sums a histogram's sample count and sum for each of kube-proxy's proxiers, by the
+// ipFamily label of its sync metrics ("" where a sample has none). A dual-stack kube-proxy's two
+// proxiers sync apart, one of them often with nothing to sync.
+func (s Snapshot) ByFamily(name string) map[string]Sums {
+	by := map[string]Sums{}
+	for _, m := range s.metrics(name) {
+		family := ""
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "ip_family" {
+				family = l.GetValue()
+			}
+		}
+		h := by[family]
+		h.Count += m.Histogram.GetSampleCount()
+		h.Sum += m.Histogram.GetSampleSum()
+		by[family] = h
+	}
+	return by
+}
+
 // Syncs is the number of rule syncs kube-proxy has run, over all its proxiers.
 func (s Snapshot) Syncs() uint64 {
 	n, _ := s.Histogram(SyncDuration)

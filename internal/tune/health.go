@@ -28,13 +28,22 @@ type probe struct {
 	configz func() (time.Duration, bool)
 }
 
-// syncs is what kube-proxy's metrics tell of how long its syncs take.
+// syncs is what kube-proxy's metrics tell of how long its syncs take, for the proxier (two in
+// dual-stack) whose syncs take longest.
 type syncs struct {
-	avg time.Duration
-	// first: avg is kube-proxy's first sync alone, a full one that can take minutes at scale; it
-	// has synced nothing else since it started.
+	// partial is the mean of its partial syncs (1.28+), what runs under churn; before 1.28, of all
+	// its syncs.
+	partial time.Duration
+	// full is the mean of its full syncs (1.28+): its first after a start, then one an hour, after a
+	// failed sync and on a change of its Node's labels. Each rewrites every rule, and can take a
+	// minute at scale; a change queued as one starts waits for it whole. 0 where not reported.
+	full time.Duration
+	// first: kube-proxy has synced once (each proxier), a full sync, and nothing else yet.
 	first bool
 }
+
+// longest is the longest a sync can be expected to take.
+func (s syncs) longest() time.Duration { return max(s.partial, s.full) }
 
 func newProbe(t *target.Process) *probe {
 	return &probe{
@@ -75,26 +84,34 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 		notes = append(notes, "forced past syncPeriod")
 	}
 	obs, ok := pr.avg()
-	avg := obs.avg
 	if !ok {
 		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
 	}
+	// A change queued as a sync starts waits for it, then for the period, then for the next sync,
+	// which may be a full one: /healthz counts that wait against 2 × syncPeriod.
+	longest := obs.longest()
 	limit := 2 * period * 9 / 10
-	worst, before := v.MinInterval+avg, f.MinInterval+avg
+	worst, before := v.MinInterval+longest, f.MinInterval+longest
+	what := fmt.Sprintf("kube-proxy's syncs take %v on average", longest.Round(time.Millisecond))
+	switch {
+	case obs.first:
+		what = fmt.Sprintf("kube-proxy's first sync after its start took %v, a full one like those it runs every hour, after a failed sync and when its Node's labels change", longest.Round(time.Millisecond))
+	case obs.full >= obs.partial:
+		what = fmt.Sprintf("kube-proxy's full syncs (every hour, after a failed sync, when its Node's labels change) take %v on average", longest.Round(time.Millisecond))
+	}
+	// The syncPeriod under which /healthz would hold: worst < 2 × syncPeriod × 0.9.
+	wants := (worst*10/18 + time.Second).Truncate(time.Second)
 	switch {
 	case worst < limit:
 	case before >= limit:
 		// Already at risk with the period it has: the period is not what endangers /healthz.
-		notes = append(notes, fmt.Sprintf("kube-proxy's syncs take %v on average: a change can already wait close to 2 × syncPeriod (%v) whatever the period",
-			avg.Round(time.Millisecond), 2*period))
+		notes = append(notes, fmt.Sprintf("%s: with its period of %v a change can already wait %v, close to 2 × syncPeriod (%v); a syncPeriod of %v or more keeps /healthz answering 200",
+			what, f.MinInterval, before.Round(time.Millisecond), 2*period, wants))
 	case !force:
-		why, what := fmt.Sprintf("with syncs taking %v on average,", avg.Round(time.Millisecond)), "use --force to set it anyway"
-		if obs.first {
-			why = fmt.Sprintf("kube-proxy has synced once since it started, and that first sync, a full one, took %v: with syncs that long", avg.Round(time.Millisecond))
-			what = "set the period again once kube-proxy has synced a change, or use --force"
-		}
-		return notes, fmt.Errorf("%w: %s a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503; %s",
-			patch.ErrRefused, why, worst.Round(time.Millisecond), 2*period, what)
+		return notes, fmt.Errorf("%w: %s: a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503 and load balancers drain the node; give kube-proxy a syncPeriod of %v or more, or use --force",
+			patch.ErrRefused, what, worst.Round(time.Millisecond), 2*period, wants)
+	default:
+		notes = append(notes, fmt.Sprintf("forced past the /healthz rail: %s, and a change could wait %v", what, worst.Round(time.Millisecond)))
 	}
 	return notes, nil
 }
@@ -118,36 +135,50 @@ func syncPeriod(pr *probe, f locate.Found) (time.Duration, string) {
 	return defaultSyncPeriod, "kube-proxy's default: not in its flags or /configz"
 }
 
-// observedSync is kube-proxy's average sync duration: of its partial syncs where it reports them
-// (1.28+), which are what runs under churn; the first sync after a start is a full one and can take
-// minutes at scale without saying much about the next. Else of all its syncs, marked when that is
-// the first alone.
+// observedSync reads how long kube-proxy's syncs take, from its metrics.
 func observedSync(p procfs.Process) (syncs, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), configzTimeout)
 	defer cancel()
-	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncPartialDuration, kpmetrics.SyncDuration)
+	s, err := kpmetrics.ForProcess(p.PID, p.Cmdline).Scrape(ctx, kpmetrics.SyncPartialDuration, kpmetrics.SyncFullDuration, kpmetrics.SyncDuration)
 	if err != nil {
 		return syncs{}, false
 	}
 	return averageSync(s)
 }
 
-// averageSync reads the average of a scrape's sync durations, as observedSync says.
+// averageSync reads a scrape's sync durations, as syncs holds them: each proxier's partial and full
+// syncs apart where kube-proxy reports them (1.28+), else all its syncs as partial ones, and of the
+// proxiers the longest. A sum that is negative, NaN or past maxSync makes it unreadable.
 func averageSync(s kpmetrics.Snapshot) (syncs, bool) {
-	n, sum := s.Histogram(kpmetrics.SyncPartialDuration)
-	first := false
-	if n == 0 {
-		n, sum = s.Histogram(kpmetrics.SyncDuration)
-		// One sync a proxier (two in dual-stack): each one's first.
-		first = n > 0
-		for _, m := range s.Families[kpmetrics.SyncDuration].GetMetric() {
-			first = first && m.GetHistogram().GetSampleCount() <= 1
+	all := s.ByFamily(kpmetrics.SyncDuration)
+	partial, full := s.ByFamily(kpmetrics.SyncPartialDuration), s.ByFamily(kpmetrics.SyncFullDuration)
+	mean := func(h kpmetrics.Sums) (time.Duration, bool) {
+		if !(h.Sum >= 0) || h.Mean() > maxSync.Seconds() {
+			return 0, false
 		}
+		return time.Duration(h.Mean() * float64(time.Second)), true
 	}
-	if n == 0 || !(sum >= 0) || sum/float64(n) > maxSync.Seconds() {
+	var out syncs
+	n := uint64(0)
+	out.first = true
+	for family, h := range all {
+		p, f := partial[family], full[family]
+		if p.Count == 0 && f.Count == 0 {
+			p = h // before 1.28, or no sync yet
+		}
+		pm, ok1 := mean(p)
+		fm, ok2 := mean(f)
+		if !ok1 || !ok2 {
+			return syncs{}, false
+		}
+		out.partial, out.full = max(out.partial, pm), max(out.full, fm)
+		n += h.Count
+		out.first = out.first && h.Count <= 1 // one sync a proxier: each one's first
+	}
+	if n == 0 {
 		return syncs{}, false
 	}
-	return syncs{avg: time.Duration(sum / float64(n) * float64(time.Second)), first: first}, true
+	return out, true
 }
 
 // maxSync bounds a plausible average sync: a larger one (or a negative or NaN sum) is not

@@ -50,21 +50,38 @@ func TestAverageSync(t *testing.T) {
 		return "# TYPE " + name + " histogram\n" + name + `_bucket{le="+Inf"} ` + fmt.Sprint(n) + "\n" +
 			name + "_sum " + sum + "\n" + name + "_count " + fmt.Sprint(n) + "\n"
 	}
+	// family is a histogram of a dual-stack kube-proxy: a count and sum for each ip_family.
+	family := func(name string, v4n int, v4sum string, v6n int, v6sum string) string {
+		text := "# TYPE " + name + " histogram\n"
+		for _, f := range []struct {
+			family, sum string
+			n           int
+		}{{"IPv4", v4sum, v4n}, {"IPv6", v6sum, v6n}} {
+			text += fmt.Sprintf("%s_bucket{ip_family=%q,le=\"+Inf\"} %d\n%s_sum{ip_family=%q} %s\n%s_count{ip_family=%q} %d\n",
+				name, f.family, f.n, name, f.family, f.sum, name, f.family, f.n)
+		}
+		return text
+	}
 	for _, c := range []struct {
 		name, text string
 		want       syncs
 		ok         bool
 	}{
-		{"partial syncs", hist(kpmetrics.SyncDuration, 5, "60") + hist(kpmetrics.SyncPartialDuration, 4, "16"), syncs{avg: 4 * time.Second}, true},
-		{"the first sync alone, partial reported", hist(kpmetrics.SyncDuration, 1, "47.5") + hist(kpmetrics.SyncPartialDuration, 0, "0"), syncs{avg: 47500 * time.Millisecond, first: true}, true},
-		{"the first sync alone, before 1.28", hist(kpmetrics.SyncDuration, 1, "3"), syncs{avg: 3 * time.Second, first: true}, true},
-		{"two full syncs", hist(kpmetrics.SyncDuration, 2, "90"), syncs{avg: 45 * time.Second}, true},
-		{"dual-stack, each proxier's first sync", "# TYPE " + kpmetrics.SyncDuration + " histogram\n" +
-			kpmetrics.SyncDuration + `_bucket{ip_family="IPv4",le="+Inf"} 1` + "\n" + kpmetrics.SyncDuration + `_sum{ip_family="IPv4"} 40` + "\n" + kpmetrics.SyncDuration + `_count{ip_family="IPv4"} 1` + "\n" +
-			kpmetrics.SyncDuration + `_bucket{ip_family="IPv6",le="+Inf"} 1` + "\n" + kpmetrics.SyncDuration + `_sum{ip_family="IPv6"} 50` + "\n" + kpmetrics.SyncDuration + `_count{ip_family="IPv6"} 1` + "\n",
-			syncs{avg: 45 * time.Second, first: true}, true},
+		{"partial and full syncs", hist(kpmetrics.SyncDuration, 6, "104") + hist(kpmetrics.SyncPartialDuration, 4, "16") + hist(kpmetrics.SyncFullDuration, 2, "88"),
+			syncs{partial: 4 * time.Second, full: 44 * time.Second}, true},
+		{"the first sync alone", hist(kpmetrics.SyncDuration, 1, "47.5") + hist(kpmetrics.SyncPartialDuration, 0, "0") + hist(kpmetrics.SyncFullDuration, 1, "47.5"),
+			syncs{full: 47500 * time.Millisecond, first: true}, true},
+		{"the first sync alone, partial reported", hist(kpmetrics.SyncDuration, 1, "47.5") + hist(kpmetrics.SyncPartialDuration, 0, "0"), syncs{partial: 47500 * time.Millisecond, first: true}, true},
+		{"the first sync alone, before 1.28", hist(kpmetrics.SyncDuration, 1, "3"), syncs{partial: 3 * time.Second, first: true}, true},
+		{"two syncs, before 1.28", hist(kpmetrics.SyncDuration, 2, "90"), syncs{partial: 45 * time.Second}, true},
+		{"dual-stack, each proxier's first sync", family(kpmetrics.SyncDuration, 1, "40", 1, "50"), syncs{partial: 50 * time.Second, first: true}, true},
+		// The IPv6 proxier has nothing to sync: its syncs are short, and the IPv4 one's count.
+		{"dual-stack, one proxier idle", family(kpmetrics.SyncDuration, 13, "120", 1, "0.1") +
+			family(kpmetrics.SyncPartialDuration, 10, "20", 0, "0") + family(kpmetrics.SyncFullDuration, 3, "100", 1, "0.1"),
+			syncs{partial: 2 * time.Second, full: 33333333333}, true},
 		{"no sync", hist(kpmetrics.SyncDuration, 0, "0"), syncs{}, false},
 		{"a sum past any Duration", hist(kpmetrics.SyncDuration, 1, "1e300"), syncs{}, false},
+		{"a full sum past any Duration", hist(kpmetrics.SyncDuration, 2, "3") + hist(kpmetrics.SyncPartialDuration, 1, "1") + hist(kpmetrics.SyncFullDuration, 1, "1e300"), syncs{}, false},
 		{"a negative sum", hist(kpmetrics.SyncDuration, 2, "-100"), syncs{}, false},
 		{"a NaN sum", hist(kpmetrics.SyncDuration, 2, "NaN"), syncs{}, false},
 	} {
@@ -78,7 +95,7 @@ func TestAverageSync(t *testing.T) {
 	}
 }
 
-func TestHealthRailAfterTheFirstSync(t *testing.T) {
+func TestHealthRailWithFullSyncs(t *testing.T) {
 	p := procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}
 	f := locate.Found{MinInterval: time.Second, Patchable: true}
 	with := func(s syncs) *probe {
@@ -86,19 +103,43 @@ func TestHealthRailAfterTheFirstSync(t *testing.T) {
 		pr.avg = func() (syncs, bool) { return s, true }
 		return pr
 	}
-	// 10s after a first sync of 47 s: 57 s, past 0.9 × 60 s. The refusal says why and what to do.
-	_, err := healthRail(with(syncs{avg: 47 * time.Second, first: true}), f, patchValues(10*time.Second), false)
-	if !errors.Is(err, patch.ErrRefused) || !strings.Contains(err.Error(), "first sync") || !strings.Contains(err.Error(), "once kube-proxy has synced a change") {
-		t.Errorf("10s after a first sync of 47s: %v", err)
+	refused := func(s syncs, d time.Duration, says ...string) {
+		t.Helper()
+		_, err := healthRail(with(s), f, patchValues(d), false)
+		if !errors.Is(err, patch.ErrRefused) {
+			t.Errorf("%v with %+v: %v, want a refusal", d, s, err)
+			return
+		}
+		for _, w := range says {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v with %+v: %q does not say %q", d, s, err, w)
+			}
+		}
 	}
-	_, err = healthRail(with(syncs{avg: 47 * time.Second}), f, patchValues(10*time.Second), false)
-	if !errors.Is(err, patch.ErrRefused) || strings.Contains(err.Error(), "first sync") {
-		t.Errorf("10s with syncs of 47s: %v", err)
+	accepted := func(s syncs, d time.Duration, says ...string) {
+		t.Helper()
+		notes, err := healthRail(with(s), f, patchValues(d), false)
+		if err != nil {
+			t.Errorf("%v with %+v: %v", d, s, err)
+		}
+		for _, w := range says {
+			if !strings.Contains(strings.Join(notes, "; "), w) {
+				t.Errorf("%v with %+v: notes %q do not say %q", d, s, notes, w)
+			}
+		}
 	}
-	if _, err := healthRail(with(syncs{avg: 47 * time.Second, first: true}), f, patchValues(5*time.Second), false); err != nil {
-		t.Errorf("5s after a first sync of 47s (52 s, under 54 s): %v", err)
-	}
-	if _, err := healthRail(with(syncs{avg: 4 * time.Second}), f, patchValues(20*time.Second), false); err != nil {
-		t.Errorf("20s with partial syncs of 4s: %v", err)
+	// 10s after a first sync of 47 s: 57 s, past 0.9 × 60 s; 57 s fits under 2 × 32s × 0.9.
+	refused(syncs{full: 47 * time.Second, first: true}, 10*time.Second, "first sync after its start took 47s", "syncPeriod of 32s or more")
+	refused(syncs{partial: 2 * time.Second, full: 47 * time.Second}, 10*time.Second, "full syncs", "47s on average")
+	refused(syncs{partial: 47 * time.Second}, 10*time.Second, "syncs take 47s")
+	accepted(syncs{full: 47 * time.Second, first: true}, 5*time.Second)
+	accepted(syncs{partial: 4 * time.Second}, 20*time.Second)
+	// Partial syncs alone would allow 25s; the full ones do not.
+	accepted(syncs{partial: 2 * time.Second, full: 30 * time.Second}, 20*time.Second)
+	refused(syncs{partial: 2 * time.Second, full: 30 * time.Second}, 25*time.Second, "full syncs")
+	// Full syncs of 58 s: at 1s a change can already wait 59 s; the period is allowed, and said so.
+	accepted(syncs{partial: 2 * time.Second, full: 58 * time.Second}, 10*time.Second, "can already wait 59s", "syncPeriod of 38s or more")
+	if notes, err := healthRail(with(syncs{full: 47 * time.Second}), f, patchValues(10*time.Second), true); err != nil || !strings.Contains(strings.Join(notes, "; "), "forced past the /healthz rail") {
+		t.Errorf("--force: %v, notes %q", err, notes)
 	}
 }

@@ -342,6 +342,53 @@ func TestTrace(t *testing.T) {
 	}
 }
 
+// TestFullSync is `make bench-fullsync`: how long kube-proxy's full syncs take, its first after a
+// start and later ones (forced by a change of its Node's labels, as an hour, a failed sync or a
+// relabelled Node forces them), at a short and a long period, and whether /healthz turned 503 across
+// them. At KPTUNE_FULLSYNC_SCALE, KPTUNE_FULLSYNC_REPS repetitions from KPTUNE_FULLSYNC_FIRST_REP,
+// each a fresh kube-proxy in each of KPTUNE_FULLSYNC_MODES (in turn, the first mode alternating),
+// the periods in turn (FullSyncs). Records go to KPTUNE_FULLSYNC_OUT.
+func TestFullSync(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	var b Bed
+	scale := env("KPTUNE_FULLSYNC_SCALE", "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
+		t.Fatalf("KPTUNE_FULLSYNC_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
+	}
+	out := env("KPTUNE_FULLSYNC_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "fullsync", scale+".jsonl"))
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	o := options(t)
+	modes := strings.Split(env("KPTUNE_FULLSYNC_MODES", "iptables,nftables"), ",")
+	first, reps := envInt("KPTUNE_FULLSYNC_FIRST_REP", 1), envInt("KPTUNE_FULLSYNC_REPS", 5)
+	for rep := first; rep < first+reps; rep++ {
+		periods, order := []time.Duration{time.Second, 20 * time.Second}, slices.Clone(modes)
+		if rep%2 == 0 {
+			slices.Reverse(periods)
+			slices.Reverse(order)
+		}
+		for _, mode := range order {
+			err := FullSyncs(ctx, b, mode, rep, periods, 10, o, func(r FullSync) error {
+				if r.Seconds <= 0 {
+					t.Errorf("%s rep %d, %s at %v: full sync of %.2fs", mode, rep, r.Trigger, r.Period, r.Seconds)
+				}
+				return appendLine(out, r)
+			})
+			if err != nil {
+				t.Fatalf("%s rep %d: %v", mode, rep, err)
+			}
+		}
+	}
+}
+
 // appendLine appends v to file as one line of JSON.
 func appendLine(file string, v any) error {
 	line, err := json.Marshal(v)

@@ -83,8 +83,16 @@ func RunTrace(ctx context.Context, b Bed, s Setup, trace []Phase, rep int, seed 
 	if _, err := b.C.SetEndpoints(ctx, b.Probe(), b.Endpoints, 0); err != nil {
 		return r, err
 	}
+	// In nftables mode syncPeriod sets only /healthz's timeout (2 × syncPeriod) and the retry after
+	// a failed sync. Its default, 30s, is too short at scale: kube-proxy's full syncs of 5000 Services
+	// take up to a minute (bench/fullsync), and kptune's /healthz rail would refuse every period but
+	// the shortest, as it would for an operator with that syncPeriod. 60s holds for every period.
+	syncPeriod := 30 * time.Second
+	if s.Mode == testbed.NFTables {
+		syncPeriod = time.Minute
+	}
 	kp, err := b.C.StartKubeProxy(ctx, testbed.KubeProxyOptions{
-		Build: o.Build, Mode: s.Mode, MinSyncPeriod: s.Period, SyncPeriod: 30 * time.Second,
+		Build: o.Build, Mode: s.Mode, MinSyncPeriod: s.Period, SyncPeriod: syncPeriod,
 		IPTablesLegacy: s.Mode == testbed.IPTables,
 	})
 	if err != nil {
