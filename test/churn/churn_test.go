@@ -251,21 +251,7 @@ func envDuration(name string, def time.Duration) time.Duration {
 func TestScale(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	var b Bed
-	scale := env("KPTUNE_SCALE", "5000x10")
-	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
-		t.Fatalf("KPTUNE_SCALE=%q: want SERVICESxENDPOINTS, e.g. 10000x10", scale)
-	}
-	out := env("KPTUNE_SCALE_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "scale", scale+".jsonl"))
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	b.C, _ = testbed.Start(t, 0, 0)
-	if err := b.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	b, out := loadedBed(t, "KPTUNE_SCALE", "KPTUNE_SCALE_OUT", "scale", 0)
 	o := options(t)
 	o.Probe = env("KPTUNE_CHURN_PROBE", "datapath")
 	const low, high = time.Second, 5 * time.Second
@@ -301,24 +287,10 @@ func TestScale(t *testing.T) {
 func TestTrace(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	var b Bed
-	scale := env("KPTUNE_TRACE_SCALE", "5000x10")
-	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
-		t.Fatalf("KPTUNE_TRACE_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
-	}
-	b.Deployments = envInt("KPTUNE_TRACE_DEPLOYMENTS", 5)
-	trace := Day(envDuration("KPTUNE_TRACE_UNIT", 30*time.Second), b.Deployments)
+	deployments := envInt("KPTUNE_TRACE_DEPLOYMENTS", 5)
+	trace := Day(envDuration("KPTUNE_TRACE_UNIT", 30*time.Second), deployments)
 	setups := setupsFromEnv(t, "KPTUNE_TRACE", "iptables", "100ms,1s,2s,5s,10s,15s,20s,30s,live,adaptive,objective")
-	out := env("KPTUNE_TRACE_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "trace", scale+".jsonl"))
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	b.C, _ = testbed.Start(t, 0, 0)
-	if err := b.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	b, out := loadedBed(t, "KPTUNE_TRACE_SCALE", "KPTUNE_TRACE_OUT", "trace", deployments)
 	o := options(t)
 	first, reps := envInt("KPTUNE_TRACE_FIRST_REP", 1), envInt("KPTUNE_TRACE_REPS", 1)
 	for rep := first; rep < first+reps; rep++ {
@@ -351,21 +323,7 @@ func TestTrace(t *testing.T) {
 func TestFullSync(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
-	var b Bed
-	scale := env("KPTUNE_FULLSYNC_SCALE", "5000x10")
-	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
-		t.Fatalf("KPTUNE_FULLSYNC_SCALE=%q: want SERVICESxENDPOINTS, e.g. 5000x10", scale)
-	}
-	out := env("KPTUNE_FULLSYNC_OUT", filepath.Join(testbed.RepoRoot(), "bench", "results", "fullsync", scale+".jsonl"))
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	b.C, _ = testbed.Start(t, 0, 0)
-	if err := b.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	b, out := loadedBed(t, "KPTUNE_FULLSYNC_SCALE", "KPTUNE_FULLSYNC_OUT", "fullsync", 0)
 	o := options(t)
 	modes := strings.Split(env("KPTUNE_FULLSYNC_MODES", "iptables,nftables"), ",")
 	first, reps := envInt("KPTUNE_FULLSYNC_FIRST_REP", 1), envInt("KPTUNE_FULLSYNC_REPS", 5)
@@ -387,6 +345,28 @@ func TestFullSync(t *testing.T) {
 			}
 		}
 	}
+}
+
+// loadedBed starts a control plane and loads it with the Services of the scale in the environment
+// variable scaleEnv (SERVICESxENDPOINTS, 5000x10 by default) and deployments Deployments; it returns
+// the file records go to: outEnv's, else bench/results/DIR/SCALE.jsonl.
+func loadedBed(t *testing.T, scaleEnv, outEnv, dir string, deployments int) (Bed, string) {
+	b := Bed{Deployments: deployments}
+	scale := env(scaleEnv, "5000x10")
+	if _, err := fmt.Sscanf(scale, "%dx%d", &b.Services, &b.Endpoints); err != nil || b.Services <= 0 || b.Endpoints <= 0 {
+		t.Fatalf("%s=%q: want SERVICESxENDPOINTS, e.g. 10000x10", scaleEnv, scale)
+	}
+	out := env(outEnv, filepath.Join(testbed.RepoRoot(), "bench", "results", dir, scale+".jsonl"))
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	b.C, _ = testbed.Start(t, 0, 0)
+	if err := b.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d Services × %d endpoints loaded in %v", b.All(), b.Endpoints, time.Since(t0).Round(time.Second))
+	return b, out
 }
 
 // appendLine appends v to file as one line of JSON.
