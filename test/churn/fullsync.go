@@ -38,8 +38,8 @@ type FullSync struct {
 }
 
 // FullSyncs runs one repetition in mode: a fresh kube-proxy at the first of periods, its first
-// full syncs recorded, then under steady churn of rate one full sync at each period, forced by a new label
-// on its Node, `kptune set` changing the period between them. /healthz is polled every 250 ms
+// full syncs recorded, then under steady churn of rate one full sync at each period, forced by a new
+// label on its Node, `kptune set` changing the period between them. /healthz is polled every 250 ms
 // throughout. Every record goes to emit as it is made.
 func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.Duration, rate float64, o Options, emit func(FullSync) error) error {
 	kp, err := b.C.StartKubeProxy(ctx, testbed.KubeProxyOptions{
@@ -56,6 +56,7 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 	if err := kp.WaitSynced(ctx, 1, 15*time.Minute); err != nil {
 		return err
 	}
+	synced := time.Since(start)
 	// A record is of the proxier whose full syncs took longest (a dual-stack kube-proxy's other
 	// proxier may hold nothing).
 	rec := func(period time.Duration, trigger string, from time.Time, before, after kpmetrics.Snapshot) FullSync {
@@ -88,7 +89,9 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 	}); err != nil {
 		return fmt.Errorf("kube-proxy %s: no partial sync: %w", kp.Node, err)
 	}
-	if err := emit(rec(periods[0], "start", start, kpmetrics.Snapshot{}, first)); err != nil {
+	r := rec(periods[0], "start", start, kpmetrics.Snapshot{}, first)
+	r.Waited = synced.Seconds() // to the first sync's end, not to the partial one waited for
+	if err := emit(r); err != nil {
 		return err
 	}
 	current := periods[0]

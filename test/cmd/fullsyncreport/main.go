@@ -62,9 +62,10 @@ func generate(in, out string) error {
 			c = &cell{}
 			scales[scale][k] = c
 		}
-		c.full, c.waited, c.unhealthy = append(c.full, r.Seconds), append(c.waited, r.Waited), append(c.unhealthy, r.Unhealthy)
+		c.full, c.unhealthy = append(c.full, r.Seconds), append(c.unhealthy, r.Unhealthy)
+		// A start's wait is kube-proxy's start-up, not a queued change's: left out.
 		if r.Trigger != "start" {
-			c.partial = append(c.partial, r.Partial)
+			c.partial, c.waited = append(c.partial, r.Partial), append(c.waited, r.Waited)
 		}
 		if !slices.Contains(builds, r.Build) {
 			builds = append(builds, r.Build)
