@@ -82,12 +82,12 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 	// kube-proxy may run more than one full sync before its first partial one (a first sync before
 	// it has read its Node's labels, then one for them): the start's record holds them all.
 	var first kpmetrics.Snapshot
-	if err := waitMetrics(ctx, kp, func(s kpmetrics.Snapshot) bool {
+	if err := kp.WaitMetrics(ctx, waitLimit, waitEvery, "kube-proxy "+kp.Node+": no partial sync", func(s kpmetrics.Snapshot) bool {
 		n, _ := s.Histogram(kpmetrics.SyncPartialDuration)
 		first = s
 		return n > 0
 	}); err != nil {
-		return fmt.Errorf("kube-proxy %s: no partial sync: %w", kp.Node, err)
+		return err
 	}
 	r := rec(periods[0], "start", start, kpmetrics.Snapshot{}, first)
 	r.Waited = synced.Seconds() // to the first sync's end, not to the partial one waited for
@@ -113,7 +113,7 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 		// waits for the rate limiter (about a period less that sync) and for the whole full sync.
 		var before kpmetrics.Snapshot
 		last := -1.0
-		if err := waitMetrics(ctx, kp, func(s kpmetrics.Snapshot) bool {
+		if err := kp.WaitMetrics(ctx, waitLimit, waitEvery, "kube-proxy "+kp.Node+": no sync", func(s kpmetrics.Snapshot) bool {
 			ts := s.Max(kpmetrics.LastSyncTimestamp)
 			before = s
 			if last < 0 {
@@ -121,7 +121,7 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 			}
 			return ts != last
 		}); err != nil {
-			return fmt.Errorf("kube-proxy %s: no sync: %w", kp.Node, err)
+			return err
 		}
 		full0 := before.ByFamily(kpmetrics.SyncFullDuration)
 		from := time.Now()
@@ -131,7 +131,7 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 		}
 		// Each proxier runs a full sync.
 		var after kpmetrics.Snapshot
-		if err := waitMetrics(ctx, kp, func(s kpmetrics.Snapshot) bool {
+		if err := kp.WaitMetrics(ctx, waitLimit, waitEvery, "kube-proxy "+kp.Node+": no full sync after a change of its Node's labels", func(s kpmetrics.Snapshot) bool {
 			after = s
 			now := s.ByFamily(kpmetrics.SyncFullDuration)
 			for family, h := range full0 {
@@ -141,7 +141,7 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 			}
 			return true
 		}); err != nil {
-			return fmt.Errorf("kube-proxy %s: no full sync after a change of its Node's labels: %w", kp.Node, err)
+			return err
 		}
 		r := rec(period, "node labels", from, before, after)
 		r.Forced = forced
@@ -154,22 +154,12 @@ func FullSyncs(ctx context.Context, b Bed, mode string, rep int, periods []time.
 	return nil
 }
 
-// waitMetrics scrapes kube-proxy every 50 ms until done says so, for at most 10 minutes.
-func waitMetrics(ctx context.Context, kp *testbed.KubeProxy, done func(kpmetrics.Snapshot) bool) error {
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		if s, err := kp.Metrics.Scrape(ctx); err == nil && done(s) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within 10 minutes")
-		}
-		if !kp.Running() {
-			return fmt.Errorf("kube-proxy exited")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// How long FullSyncs waits for a sync, and how often it scrapes kube-proxy meanwhile: often enough
+// to change the Node's labels within a few tens of milliseconds of a sync's end.
+const (
+	waitLimit = 10 * time.Minute
+	waitEvery = 50 * time.Millisecond
+)
 
 // healthPoller records when kube-proxy's /healthz answered other than 200.
 type healthPoller struct {

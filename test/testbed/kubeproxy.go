@@ -233,9 +233,17 @@ func (kp *KubeProxy) Running() bool { return !kp.proc.exited() }
 
 // WaitSynced waits until kube-proxy serves metrics and has completed at least minSyncs syncs.
 func (kp *KubeProxy) WaitSynced(ctx context.Context, minSyncs uint64, timeout time.Duration) error {
-	return waitFor(ctx, timeout, kp.proc, fmt.Sprintf("kube-proxy %s did not sync %d times", kp.Node, minSyncs), func(ctx context.Context) bool {
+	return kp.WaitMetrics(ctx, timeout, 250*time.Millisecond, fmt.Sprintf("kube-proxy %s did not sync %d times", kp.Node, minSyncs), func(s kpmetrics.Snapshot) bool {
+		return s.Syncs() >= minSyncs
+	})
+}
+
+// WaitMetrics scrapes kube-proxy's metrics every interval until done accepts a scrape, kube-proxy
+// exits, or timeout passes; what says what did not happen.
+func (kp *KubeProxy) WaitMetrics(ctx context.Context, timeout, every time.Duration, what string, done func(kpmetrics.Snapshot) bool) error {
+	return waitEvery(ctx, timeout, every, kp.proc, what, func(ctx context.Context) bool {
 		s, err := kp.Metrics.Scrape(ctx)
-		return err == nil && s.Syncs() >= minSyncs
+		return err == nil && done(s)
 	})
 }
 

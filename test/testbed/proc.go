@@ -224,11 +224,16 @@ func tail(path string, n int) string {
 	return tailOf(b, n)
 }
 
-// waitFor polls cond until it returns true, the process exits, or timeout passes.
+// waitFor polls cond every 250 ms until it returns true, the process exits, or timeout passes.
 func waitFor(ctx context.Context, timeout time.Duration, p *proc, what string, cond func(context.Context) bool) error {
+	return waitEvery(ctx, timeout, 250*time.Millisecond, p, what, cond)
+}
+
+// waitEvery is waitFor polling every interval.
+func waitEvery(ctx context.Context, timeout, every time.Duration, p *proc, what string, cond func(context.Context) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	t := time.NewTicker(250 * time.Millisecond)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		if cond(ctx) {
