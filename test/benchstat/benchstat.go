@@ -93,6 +93,19 @@ func ReadJSONL[T any](dir string, each func(file string, v T) error) error {
 	return nil
 }
 
+// WriteJSONL writes vs to file, one JSON line each, as ReadJSONL reads them.
+func WriteJSONL[T any](file string, vs []T) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	for _, v := range vs {
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(file, b.Bytes(), 0o644)
+}
+
 func readFile[T any](file string, each func(string, T) error) error {
 	f, err := os.Open(file)
 	if err != nil {

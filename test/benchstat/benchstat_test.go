@@ -2,6 +2,7 @@ package benchstat
 
 import (
 	"math"
+	"path/filepath"
 	"testing"
 )
 
@@ -22,5 +23,24 @@ func TestBootstrap(t *testing.T) {
 	}
 	if m := Median([]float64{4, 1, 3, 2}); m != 2.5 {
 		t.Errorf("median of an even count: %v", m)
+	}
+}
+
+func TestJSONLRoundTrip(t *testing.T) {
+	type rec struct {
+		Name string  `json:"name"`
+		X    float64 `json:"x"`
+	}
+	dir := t.TempDir()
+	want := []rec{{"a <b>", 1.5}, {"c", 2}}
+	if err := WriteJSONL(filepath.Join(dir, "r.jsonl"), want); err != nil {
+		t.Fatal(err)
+	}
+	var got []rec
+	if err := ReadJSONL(dir, func(_ string, r rec) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("read back %+v, want %+v", got, want)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,14 +16,10 @@ import (
 // at, the syncs that turned /healthz to 503 counted, and the later syncs set against the first.
 func TestReport(t *testing.T) {
 	in, out := t.TempDir(), t.TempDir()
-	var lines []string
+	var records []churn.FullSync
 	add := func(r churn.FullSync) {
 		r.Services, r.Endpoints, r.Build, r.Commit = 5000, 10, "v1.33.5 nftables", "abc1234"
-		b, err := json.Marshal(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
+		records = append(records, r)
 	}
 	for i := range 5 {
 		k := float64(i)
@@ -36,7 +31,7 @@ func TestReport(t *testing.T) {
 		add(churn.FullSync{Mode: "nftables", Rep: i + 1, Period: time.Second, Trigger: "node labels", Count: 1, Seconds: 60 + k, Partial: 2, Waited: 61 + k, Unhealthy: float64(i % 2)})
 		add(churn.FullSync{Mode: "nftables", Rep: i + 1, Period: 20 * time.Second, Trigger: "node labels", Count: 1, Seconds: 50 + k, Partial: 2, Waited: 68 + k, Unhealthy: 8})
 	}
-	if err := os.WriteFile(filepath.Join(in, "5000x10.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := benchstat.WriteJSONL(filepath.Join(in, "5000x10.jsonl"), records); err != nil {
 		t.Fatal(err)
 	}
 	if err := generate(in, out); err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,14 +16,8 @@ import (
 // the inspections; the plots are written.
 func TestReport(t *testing.T) {
 	in, out := t.TempDir(), t.TempDir()
-	var lines []string
-	add := func(r churn.ScaleRecord) {
-		b, err := json.Marshal(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
-	}
+	var records []churn.ScaleRecord
+	add := func(r churn.ScaleRecord) { records = append(records, r) }
 	lengths := []churn.Maybe{0.05, 0.05, 0.05, 0.05}
 	for i := range 5 {
 		k := float64(i) / 100
@@ -40,7 +33,7 @@ func TestReport(t *testing.T) {
 		add(churn.ScaleRecord{Transition: &churn.Transition{How: churn.BySet, Mode: "iptables", From: 5 * time.Second, To: time.Second,
 			ApplySeconds: 0.4 + k, GapSeconds: 2 + k, ProbeSeconds: 3 + k, SyncTimes: []float64{0.3, 1.3, 2.3, 3.4}, SyncSeconds: lengths, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables"}})
 	}
-	if err := os.WriteFile(filepath.Join(in, "all.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := benchstat.WriteJSONL(filepath.Join(in, "all.jsonl"), records); err != nil {
 		t.Fatal(err)
 	}
 	if err := generate(in, out); err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -43,22 +42,15 @@ func synthetic(name string, period time.Duration, rep int, cpu, p99 []float64) c
 // judgements on them, and a missing latency as "–"; the plots are written.
 func TestReport(t *testing.T) {
 	in, out := t.TempDir(), t.TempDir()
-	var lines []string
+	var runs []churn.TraceRun
 	for rep := 1; rep <= 5; rep++ {
 		jitter := float64(rep) / 100
-		for _, r := range []churn.TraceRun{
+		runs = append(runs,
 			synthetic("static 1s", time.Second, rep, []float64{0.05 + jitter, 1.0 + jitter}, []float64{math.NaN(), 2 + jitter}),
 			synthetic("static 30s", 30*time.Second, rep, []float64{0.05 + jitter, 0.2 + jitter}, []float64{math.NaN(), 31 + jitter}),
-			synthetic("objective", time.Second, rep, []float64{0.05 + jitter, 0.25 + jitter}, []float64{math.NaN(), 8 + jitter}),
-		} {
-			b, err := json.Marshal(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lines = append(lines, string(b))
-		}
+			synthetic("objective", time.Second, rep, []float64{0.05 + jitter, 0.25 + jitter}, []float64{math.NaN(), 8 + jitter}))
 	}
-	if err := os.WriteFile(filepath.Join(in, "1000x10.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := benchstat.WriteJSONL(filepath.Join(in, "1000x10.jsonl"), runs); err != nil {
 		t.Fatal(err)
 	}
 	if err := generate(in, out); err != nil {
@@ -92,7 +84,7 @@ func TestReport(t *testing.T) {
 		t.Error("five repetitions marked provisional")
 	}
 	// The first repetition alone: its judgements are marked provisional.
-	if err := os.WriteFile(filepath.Join(in, "1000x10.jsonl"), []byte(strings.Join(lines[:3], "\n")+"\n"), 0o644); err != nil {
+	if err := benchstat.WriteJSONL(filepath.Join(in, "1000x10.jsonl"), runs[:3]); err != nil {
 		t.Fatal(err)
 	}
 	if err := generate(in, out); err != nil {
