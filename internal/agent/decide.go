@@ -16,6 +16,7 @@ import (
 	"kptune/internal/locate"
 	"kptune/internal/policy"
 	"kptune/internal/procfs"
+	"kptune/internal/tune"
 )
 
 // key identifies a process: its PID and start time, and its executable's device and inode, since an
@@ -58,8 +59,13 @@ type managed struct {
 	idle      bool
 	idleCores float64
 
-	refused     time.Duration
-	retryAt     time.Time
+	refused time.Duration
+	retryAt time.Time
+	// railMax is the longest period tune's /healthz rail allowed when it last refused one: the
+	// agent holds its period there until railUntil rather than ask again every minute, then tries
+	// the period it wants once more (kube-proxy's syncs, which the rail weighs, change).
+	railMax     time.Duration
+	railUntil   time.Time
 	badNotice   string // the last override value warned about
 	unpatchable string // the last reason a runner could not be retuned, reported once
 	// A kube-proxy builds its sync runners once it reaches the API server: until they are found,
@@ -111,6 +117,9 @@ func (a *Agent) tend(ctx context.Context, mp *managed, now time.Time) {
 	desired, src := a.desired(ctx, mp, current, now)
 	if desired <= 0 {
 		return
+	}
+	if desired > mp.railMax && now.Before(mp.railUntil) {
+		desired = mp.railMax
 	}
 	a.m.desired.DeletePartialMatch(prometheus.Labels{"pid": pid})
 	a.m.desired.WithLabelValues(pid, string(src)).Set(desired.Seconds())
@@ -326,8 +335,15 @@ func (a *Agent) write(ctx context.Context, mp *managed, current, desired time.Du
 	if err != nil {
 		mp.refused, mp.retryAt = desired, now.Add(retryAfter)
 		a.m.refusals.WithLabelValues("set").Inc()
-		a.log.Warn("period not set", "pid", mp.proc.PID, "from", current, "to", desired, "source", src, "error", err)
-		a.kube.event(corev1.EventTypeWarning, "MinSyncPeriodRefused", "kube-proxy pid %d: %v → %v (%s) not written: %v", mp.proc.PID, current, desired, src, err)
+		var re *tune.RailError
+		held := ""
+		if errors.As(err, &re) && re.Allowed > 0 && re.Allowed < desired {
+			// The rail named what it allows: that is written next round, and held for railHold.
+			mp.railMax, mp.railUntil = re.Allowed, now.Add(railHold)
+			held = fmt.Sprintf("; %v, the longest the /healthz rail allows, is held for %v", re.Allowed, railHold)
+		}
+		a.log.Warn("period not set"+held, "pid", mp.proc.PID, "from", current, "to", desired, "source", src, "error", err)
+		a.kube.event(corev1.EventTypeWarning, "MinSyncPeriodRefused", "kube-proxy pid %d: %v → %v (%s) not written: %v%s", mp.proc.PID, current, desired, src, err, held)
 		return
 	}
 	mp.changed, mp.refused = true, 0
@@ -340,6 +356,10 @@ func (a *Agent) write(ctx context.Context, mp *managed, current, desired time.Du
 	}
 	a.kube.event(corev1.EventTypeNormal, "MinSyncPeriodSet", "kube-proxy pid %d: minimum sync period %v → %v (%s)", mp.proc.PID, current, desired, src)
 }
+
+// railHold is how long the agent holds the period the /healthz rail allowed after refusing a longer
+// one, before it asks for the longer one again.
+const railHold = 10 * time.Minute
 
 // spent is what kube-proxy spent, in cores, at one period.
 type spent struct {

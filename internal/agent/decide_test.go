@@ -22,6 +22,7 @@ import (
 	"kptune/internal/locate"
 	"kptune/internal/procfs"
 	"kptune/internal/target"
+	"kptune/internal/tune"
 )
 
 // fakeKubeProxy is a kube-proxy held in memory: its runners' periods, and what was asked of it.
@@ -33,6 +34,7 @@ type fakeKubeProxy struct {
 	locateErr []error // returned by successive locates, then nil
 	readErr   error
 	setErr    error
+	refuse    func(d time.Duration) error // if set, what a set of d returns
 	sync      time.Duration
 
 	locates, reads int
@@ -70,6 +72,11 @@ func (f *fakeKubeProxy) set(_ context.Context, d time.Duration) (time.Duration, 
 	f.sets = append(f.sets, d)
 	if f.setErr != nil {
 		return 0, f.setErr
+	}
+	if f.refuse != nil {
+		if err := f.refuse(d); err != nil {
+			return 0, err
+		}
 	}
 	f.period = d
 	return 300 * time.Microsecond, nil
@@ -303,6 +310,29 @@ func TestDecisions(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(b.a.m.refusals.WithLabelValues("set")); got != 1 {
 				t.Errorf("refusals %v", got)
+			}
+		}},
+		{"the /healthz rail: the longest period it allows is written and held, the wanted one asked again later", static(20 * time.Second), func(t *testing.T, b *bench) {
+			kp := b.kubeProxy(10, 1, time.Second)
+			allowed := 12 * time.Second
+			kp.refuse = func(d time.Duration) error {
+				if d <= allowed {
+					return nil
+				}
+				return fmt.Errorf("pid 10: %w", &tune.RailError{Allowed: allowed, Err: fmt.Errorf("%w: a change could wait 62s", errRefusedForTest)})
+			}
+			b.rounds(150, 2*time.Second) // 5 minutes
+			if fmt.Sprint(kp.sets) != "[20s 12s]" || kp.period != allowed {
+				t.Fatalf("sets %v, period %v within 5 minutes; want [20s 12s]: the refusal, then the period allowed, held", kp.sets, kp.period)
+			}
+			if ev := b.events(); len(ev) != 2 || !containsAll(ev[0], "Warning MinSyncPeriodRefused", "12s, the longest the /healthz rail allows, is held for 10m0s") ||
+				!containsAll(ev[1], "Normal MinSyncPeriodSet", "1s → 12s") {
+				t.Errorf("events %q", ev)
+			}
+			allowed = 25 * time.Second   // kube-proxy's syncs got shorter
+			b.rounds(180, 2*time.Second) // past railHold
+			if fmt.Sprint(kp.sets) != "[20s 12s 20s]" || kp.period != 20*time.Second {
+				t.Errorf("sets %v, period %v after railHold; want 20s asked again and written", kp.sets, kp.period)
 			}
 		}},
 		{"unpatchable: reported once with its reason, nothing written", static(3 * time.Second), func(t *testing.T, b *bench) {

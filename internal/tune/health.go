@@ -64,6 +64,17 @@ func (r *ProcessResult) rail(pr *probe, f locate.Found, v patch.Values, force bo
 	return err
 }
 
+// RailError is the /healthz rail's refusal of a period. Allowed is the longest period the rail
+// accepts for that runner as kube-proxy's syncs take now, never less than the one it has; a caller
+// that chooses periods by itself (the agent) can hold that one rather than ask again.
+type RailError struct {
+	Allowed time.Duration
+	Err     error // wraps patch.ErrRefused
+}
+
+func (e *RailError) Error() string { return e.Err.Error() }
+func (e *RailError) Unwrap() error { return e.Err }
+
 // healthRail refuses a period with which a queued change could wait close to 2 × syncPeriod:
 // kube-proxy's /healthz then answers 503 and load balancers drain the node. kube-proxy's own
 // validation also refuses minSyncPeriod > syncPeriod, so a restart could not have set it either.
@@ -76,22 +87,26 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 	if from != "" {
 		notes = append(notes, fmt.Sprintf("syncPeriod %v (%s)", period, from))
 	}
-	if v.MinInterval > period {
-		if !force {
-			return notes, fmt.Errorf("%w: minimum sync period %v is longer than kube-proxy's syncPeriod %v: kube-proxy itself refuses that configuration, and a queued change could wait past 2 × syncPeriod, when /healthz answers 503 and load balancers drain the node; use --force to set it anyway",
-				patch.ErrRefused, v.MinInterval, period)
-		}
-		notes = append(notes, "forced past syncPeriod")
-	}
-	obs, ok := pr.avg()
-	if !ok {
-		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
-	}
 	// A change queued as a sync starts waits for it, then for the period, then for the next sync,
 	// which may be a full one: /healthz counts that wait against 2 × syncPeriod.
+	obs, known := pr.avg()
 	longest := obs.longest()
 	limit := 2 * period * 9 / 10
 	worst, before := v.MinInterval+longest, f.MinInterval+longest
+	allowed := period
+	if known && before < limit {
+		allowed = min(allowed, max(below(limit-longest), f.MinInterval))
+	}
+	if v.MinInterval > period {
+		if !force {
+			return notes, &RailError{Allowed: allowed, Err: fmt.Errorf("%w: minimum sync period %v is longer than kube-proxy's syncPeriod %v: kube-proxy itself refuses that configuration, and a queued change could wait past 2 × syncPeriod, when /healthz answers 503 and load balancers drain the node; %v is the longest period allowed; use --force to set it anyway",
+				patch.ErrRefused, v.MinInterval, period, allowed)}
+		}
+		notes = append(notes, "forced past syncPeriod")
+	}
+	if !known {
+		return append(notes, "kube-proxy's sync duration could not be read from its metrics: the /healthz rail checked the period alone"), nil
+	}
 	what := fmt.Sprintf("kube-proxy's syncs take %v on average", longest.Round(time.Millisecond))
 	switch {
 	case obs.first:
@@ -108,12 +123,21 @@ func healthRail(pr *probe, f locate.Found, v patch.Values, force bool) ([]string
 		notes = append(notes, fmt.Sprintf("%s: with its period of %v a change can already wait %v, close to 2 × syncPeriod (%v); a syncPeriod of %v or more keeps /healthz answering 200",
 			what, f.MinInterval, before.Round(time.Millisecond), 2*period, wants))
 	case !force:
-		return notes, fmt.Errorf("%w: %s: a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503 and load balancers drain the node; give kube-proxy a syncPeriod of %v or more, or use --force",
-			patch.ErrRefused, what, worst.Round(time.Millisecond), 2*period, wants)
+		return notes, &RailError{Allowed: allowed, Err: fmt.Errorf("%w: %s: a change could wait %v, close to 2 × syncPeriod (%v), when /healthz answers 503 and load balancers drain the node; %v is the longest period allowed; give kube-proxy a syncPeriod of %v or more, or use --force",
+			patch.ErrRefused, what, worst.Round(time.Millisecond), 2*period, allowed, wants)}
 	default:
 		notes = append(notes, fmt.Sprintf("forced past the /healthz rail: %s, and a change could wait %v", what, worst.Round(time.Millisecond)))
 	}
 	return notes, nil
+}
+
+// below is the longest period shorter than d, in whole seconds from 1s, else in tenths.
+func below(d time.Duration) time.Duration {
+	d -= time.Nanosecond
+	if d >= time.Second {
+		return d.Truncate(time.Second)
+	}
+	return max(d.Truncate(100*time.Millisecond), 0)
 }
 
 // syncPeriod finds the period kube-proxy's /healthz measures against: the ≥ 1.34 runner holds it as

@@ -143,3 +143,47 @@ func TestHealthRailWithFullSyncs(t *testing.T) {
 		t.Errorf("--force: %v, notes %q", err, notes)
 	}
 }
+
+// TestHealthRailAllows: a refusal names the longest period the rail accepts, one it then accepts.
+func TestHealthRailAllows(t *testing.T) {
+	p := procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}
+	for _, c := range []struct {
+		name      string
+		s         *syncs // nil: metrics unreadable
+		current   time.Duration
+		d, allows time.Duration
+	}{
+		// 47 s + the period must stay under 54 s.
+		{"first sync of 47 s", &syncs{full: 47 * time.Second, first: true}, time.Second, 10 * time.Second, 6 * time.Second},
+		{"full syncs of 30 s", &syncs{partial: 2 * time.Second, full: 30 * time.Second}, time.Second, 25 * time.Second, 23 * time.Second},
+		{"under a second left", &syncs{partial: 53400 * time.Millisecond}, 100 * time.Millisecond, 5 * time.Second, 500 * time.Millisecond},
+		// Never less than the period kube-proxy has, which the rail accepts.
+		{"the period it has", &syncs{partial: 47500 * time.Millisecond}, 6200 * time.Millisecond, 10 * time.Second, 6200 * time.Millisecond},
+		{"past syncPeriod, short syncs", &syncs{partial: 4 * time.Second}, time.Second, 31 * time.Second, 30 * time.Second},
+		{"past syncPeriod, long syncs", &syncs{full: 47 * time.Second}, time.Second, 31 * time.Second, 6 * time.Second},
+		{"past syncPeriod, metrics unreadable", nil, time.Second, 31 * time.Second, 30 * time.Second},
+	} {
+		pr := newProbe(&target.Process{Process: p})
+		if c.s != nil {
+			pr.avg = func() (syncs, bool) { return *c.s, true }
+		}
+		f := locate.Found{MinInterval: c.current, Patchable: true}
+		_, err := healthRail(pr, f, patchValues(c.d), false)
+		var re *RailError
+		if !errors.As(err, &re) || !errors.Is(err, patch.ErrRefused) {
+			t.Errorf("%s: %v at %v: %v, want a RailError wrapping ErrRefused", c.name, c.d, c.current, err)
+			continue
+		}
+		if re.Allowed != c.allows {
+			t.Errorf("%s: allows %v, want %v", c.name, re.Allowed, c.allows)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("%v is the longest period allowed", c.allows)) {
+			t.Errorf("%s: %q does not name %v", c.name, err, c.allows)
+		}
+		if re.Allowed != c.current {
+			if _, err := healthRail(pr, f, patchValues(re.Allowed), false); err != nil {
+				t.Errorf("%s: the period it allows, %v, refused: %v", c.name, re.Allowed, err)
+			}
+		}
+	}
+}
