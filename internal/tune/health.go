@@ -65,8 +65,9 @@ func (r *ProcessResult) rail(pr *probe, f locate.Found, v patch.Values, force bo
 }
 
 // RailError is the /healthz rail's refusal of a period. Allowed is the longest period the rail
-// accepts for that runner as kube-proxy's syncs take now, never less than the one it has; a caller
-// that chooses periods by itself (the agent) can hold that one rather than ask again.
+// accepts for that runner as kube-proxy's syncs take now: at most syncPeriod, and not less than the
+// period the runner has where the rail accepts that one. A caller that chooses periods by itself
+// (the agent) can hold it rather than ask again.
 type RailError struct {
 	Allowed time.Duration
 	Err     error // wraps patch.ErrRefused
