@@ -335,14 +335,16 @@ func (a *Agent) write(ctx context.Context, mp *managed, current, desired time.Du
 	if err != nil {
 		mp.refused, mp.retryAt = desired, now.Add(retryAfter)
 		a.m.refusals.WithLabelValues("set").Inc()
+		attrs := []any{"pid", mp.proc.PID, "from", current, "to", desired, "source", src, "error", err}
 		var re *tune.RailError
 		held := ""
 		if errors.As(err, &re) && re.Allowed > 0 && re.Allowed < desired {
 			// The rail named what it allows: that is written next round, and held for railHold.
 			mp.railMax, mp.railUntil = re.Allowed, now.Add(railHold)
 			held = fmt.Sprintf("; %v, the longest the /healthz rail allows, is held for %v", re.Allowed, railHold)
+			attrs = append(attrs, "held", re.Allowed, "for", railHold)
 		}
-		a.log.Warn("period not set"+held, "pid", mp.proc.PID, "from", current, "to", desired, "source", src, "error", err)
+		a.log.Warn("period not set", attrs...)
 		a.kube.event(corev1.EventTypeWarning, "MinSyncPeriodRefused", "kube-proxy pid %d: %v → %v (%s) not written: %v%s", mp.proc.PID, current, desired, src, err, held)
 		return
 	}
