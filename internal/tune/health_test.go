@@ -96,13 +96,8 @@ func TestAverageSync(t *testing.T) {
 }
 
 func TestHealthRailWithFullSyncs(t *testing.T) {
-	p := procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}
 	f := locate.Found{MinInterval: time.Second, Patchable: true}
-	with := func(s syncs) *probe {
-		pr := newProbe(&target.Process{Process: p})
-		pr.avg = func() (syncs, bool) { return s, true }
-		return pr
-	}
+	with := func(s syncs) *probe { return probeWith(&s) }
 	refused := func(s syncs, d time.Duration, says ...string) {
 		t.Helper()
 		_, err := healthRail(with(s), f, patchValues(d), false)
@@ -144,9 +139,17 @@ func TestHealthRailWithFullSyncs(t *testing.T) {
 	}
 }
 
+// probeWith is a kube-proxy with syncPeriod 30s whose syncs take s (nil: its metrics unreadable).
+func probeWith(s *syncs) *probe {
+	pr := newProbe(&target.Process{Process: procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}})
+	if s != nil {
+		pr.avg = func() (syncs, bool) { return *s, true }
+	}
+	return pr
+}
+
 // TestHealthRailAllows: a refusal names the longest period the rail accepts, one it then accepts.
 func TestHealthRailAllows(t *testing.T) {
-	p := procfs.Process{PID: -1, Cmdline: []string{"kube-proxy", "--iptables-sync-period=30s"}}
 	for _, c := range []struct {
 		name      string
 		s         *syncs // nil: metrics unreadable
@@ -163,10 +166,7 @@ func TestHealthRailAllows(t *testing.T) {
 		{"past syncPeriod, long syncs", &syncs{full: 47 * time.Second}, time.Second, 31 * time.Second, 6 * time.Second},
 		{"past syncPeriod, metrics unreadable", nil, time.Second, 31 * time.Second, 30 * time.Second},
 	} {
-		pr := newProbe(&target.Process{Process: p})
-		if c.s != nil {
-			pr.avg = func() (syncs, bool) { return *c.s, true }
-		}
+		pr := probeWith(c.s)
 		f := locate.Found{MinInterval: c.current, Patchable: true}
 		_, err := healthRail(pr, f, patchValues(c.d), false)
 		var re *RailError
