@@ -3,7 +3,8 @@
 // what giving kube-proxy a new period costs by restart and by `kptune set` (time to the new period,
 // the longest time without a rule sync across the change, how long a change made then took to
 // reach the rules, the sync spacing after it), and what `kptune inspect` costs with each locator;
-// medians over the transitions with bootstrap 95 % intervals.
+// medians over the transitions with bootstrap 95 % intervals. Records in the superseded
+// subdirectory (a run measured again since, with a writer changed) keep a section of their own.
 //
 //	go run ./test/cmd/scalereport -in bench/results/scale -out bench/scale
 package main
@@ -47,6 +48,10 @@ func generate(in, out string) error {
 	if len(ts) == 0 && len(ls) == 0 {
 		return fmt.Errorf("no records in %s: run make bench-scale first", in)
 	}
+	old, _, err := load(filepath.Join(in, superseded))
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -54,14 +59,18 @@ func generate(in, out string) error {
 	if err != nil {
 		return err
 	}
-	if err := report(f, out, ts, ls); err != nil {
+	if err := report(f, out, ts, ls, old); err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
 }
 
-// load reads every record of every *.jsonl file in dir.
+// superseded is the subdirectory of records measured again since with a changed writer: kept,
+// shown in a section of their own, and left out of every other table and plot.
+const superseded = "superseded"
+
+// load reads every record of every *.jsonl file in dir (none where dir does not exist).
 func load(dir string) ([]churn.Transition, []churn.Locate, error) {
 	var ts []churn.Transition
 	var ls []churn.Locate
@@ -185,7 +194,7 @@ func table(w io.Writer, title string, cols []string, rows []series, format strin
 	fmt.Fprintln(w)
 }
 
-func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate) error {
+func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate, old []churn.Transition) error {
 	cols := scales(ts, ls)
 	builds := map[string]bool{}
 	for _, t := range ts {
@@ -248,6 +257,14 @@ func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate) e
 	fmt.Fprintf(w, "![kptune inspect wall time](inspect.svg)\n\n")
 	table(w, "Peak RSS of kptune (MiB)", cols, group(ls, byLocator, func(l churn.Locate) float64 { return l.PeakRSSMiB }), "%.1f")
 	table(w, "RSS of the kube-proxy read (MiB)", cols, group(ls, byLocator, func(l churn.Locate) float64 { return l.KubeProxyRSSMiB }), "%.0f")
+	if len(old) > 0 {
+		fmt.Fprintf(w, "## Superseded records\n\n")
+		fmt.Fprintf(w, "`bench/results/scale/%s/*.jsonl`, %d transitions of a writer since changed and measured again (bench/README.md\n", superseded, len(old))
+		fmt.Fprintf(w, "says what changed); kept, and left out of every table and plot above. Their sync spacing once the change was in force:\n\n")
+		oc := scales(old, nil)
+		table(w, "First spacing, superseded", oc, group(old, byDirection, first), "%.2f")
+		table(w, "Settled spacing, superseded", oc, group(old, byDirection, settled), "%.2f")
+	}
 	return nil
 }
 

@@ -36,6 +36,15 @@ func TestReport(t *testing.T) {
 	if err := benchstat.WriteJSONL(filepath.Join(in, "all.jsonl"), records); err != nil {
 		t.Fatal(err)
 	}
+	// A superseded record: its own section, in no other table.
+	if err := os.Mkdir(filepath.Join(in, superseded), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := []churn.ScaleRecord{{Transition: &churn.Transition{How: churn.BySet, Mode: "nftables", From: time.Second, To: 5 * time.Second,
+		ApplySeconds: 0.3, GapSeconds: 3, ProbeSeconds: 3, SyncTimes: []float64{0.4, 3.4, 8.4, 13.4}, SyncSeconds: lengths, Services: 10000, Endpoints: 10, Build: "v1.33.5 nftables"}}}
+	if err := benchstat.WriteJSONL(filepath.Join(in, superseded, "10000x10.jsonl"), old); err != nil {
+		t.Fatal(err)
+	}
 	if err := generate(in, out); err != nil {
 		t.Fatal(err)
 	}
@@ -55,10 +64,16 @@ func TestReport(t *testing.T) {
 		"| iptables, kptune set 5s→1s | 1.00 [1.00, 1.00] (5) | – |",
 		"| iptables, restart 1s→5s | 5.10 [5.10, 5.10] (5) | 5.10 [5.10, 5.10] (5) |",
 		"| iptables, scan | 0.220 [0.200, 0.240] (5) | 0.220 [0.200, 0.240] (5) |",
+		"## Superseded records\n\n`bench/results/scale/superseded/*.jsonl`, 1 transitions",
+		"### First spacing, superseded\n\n| | 10000 × 10 |\n|---|---|\n| nftables, kptune set 1s→5s | 3.00 [3.00, 3.00] (1) |",
+		"### Settled spacing, superseded\n\n| | 10000 × 10 |\n|---|---|\n| nftables, kptune set 1s→5s | 5.00 [5.00, 5.00] (1) |",
 	} {
 		if !strings.Contains(doc, want) {
 			t.Errorf("the report lacks %q:\n%s", want, doc)
 		}
+	}
+	if strings.Contains(doc, "nftables, kptune set | ") {
+		t.Errorf("a superseded record is in the main tables:\n%s", doc)
 	}
 	for _, f := range []string{"apply.svg", "gap.svg", "probe.svg", "inspect.svg"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {

@@ -28,14 +28,56 @@ func TestMeets(t *testing.T) {
 	}
 }
 
-// synthetic is a run: CPU and p99 per phase.
+// synthetic is a run: CPU and p99 per phase, of quiet, steady churn (the one writing changes) and
+// quiet again, as many as given.
 func synthetic(name string, period time.Duration, rep int, cpu, p99 []float64) churn.TraceRun {
 	r := churn.TraceRun{Name: name, Rep: rep, Services: 1000, Endpoints: 10, Build: "v1.33.5 iptables",
 		Setup: churn.Setup{Mode: "iptables", Period: period}}
-	for i, phase := range []string{"quiet", "steady churn"} {
-		r.Phases = append(r.Phases, churn.PhaseResult{Phase: phase, Seconds: 60, CPUCores: cpu[i], LatencyP99: churn.Maybe(p99[i]), LatencyCount: 100})
+	for i, phase := range []string{"quiet", "steady churn", "quiet again"}[:len(cpu)] {
+		applied := int64(0)
+		if phase == "steady churn" {
+			applied = 1000
+		}
+		r.Phases = append(r.Phases, churn.PhaseResult{Phase: phase, Seconds: 60, CPUCores: cpu[i], LatencyP99: churn.Maybe(p99[i]), LatencyCount: 100, Applied: applied})
 	}
 	return r
+}
+
+// TestSpans: a quiet phase after a busy one is judged alone and also with the busy phase, its CPU
+// time-weighted over the two per run; the per-phase tables keep their phases alone.
+func TestSpans(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	var runs []churn.TraceRun
+	for rep := 1; rep <= 5; rep++ {
+		j := float64(rep) / 100
+		runs = append(runs,
+			synthetic("static 1s", time.Second, rep, []float64{j, 1 + j, 0.02 + j}, []float64{math.NaN(), 2, 2}),
+			synthetic("static 5s", 5*time.Second, rep, []float64{j, 0.3 + j, 0.1 + j}, []float64{math.NaN(), 6, 6}),
+			synthetic("objective", time.Second, rep, []float64{j, 0.25 + j, 0.08 + j}, []float64{math.NaN(), 8, 9}))
+	}
+	if err := benchstat.WriteJSONL(filepath.Join(in, "1000x10.jsonl"), runs); err != nil {
+		t.Fatal(err)
+	}
+	if err := generate(in, out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, want := range []string{
+		"| setup | quiet | steady churn | quiet again |\n",
+		// Alone, the quiet phase's spill-over makes the agent 2.2× static 1s there.
+		"| quiet again | static 1s | 0.050 [0.030, 0.070] | 0.110 [0.090, 0.130] | 2.20 | no | yes |",
+		// With the busy phase, static 1s's syncs there count: static 5s is the cheapest.
+		"| steady churn + quiet again | static 5s | 0.230 [0.210, 0.250] | 0.195 [0.175, 0.215] | 0.85 | yes | yes |",
+		"also judged with the phase before it (steady churn + quiet again)",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("the report lacks %q:\n%s", want, doc)
+		}
+	}
 }
 
 // TestReport: from runs on disk, the report's tables hold each setup's medians and intervals, the
