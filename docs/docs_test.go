@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -177,37 +178,56 @@ func TestREADMEFiguresMatchResults(t *testing.T) {
 	iw, ip := benchstat.Bootstrap(walls), benchstat.Bootstrap(peaks)
 	expect(t, readme, "README", fmt.Sprintf("| %.2f s [%.2f, %.2f] / %.0f MiB [%.0f, %.0f] |", iw.Median, iw.Low, iw.High, ip.Median, ip.Low, ip.High), "inspect at 10000 × 10")
 
-	// The objective agent through the trace bench's day at 5000 × 10 (iptables), from the trace
+	// The objective agent through the trace bench's day at 5000 × 10, in each mode, from the trace
 	// report, which TestCommittedReport (test/cmd/tracereport) checks against its records.
 	trace := read(t, "bench/trace/README.md")
-	section := "## 5000x10: 5000 × 10 Services × endpoints, iptables"
-	whole, cpu := reportTable(t, trace, section, "### The whole trace"), reportTable(t, trace, section, "### kube-proxy CPU (cores)")
-	objective, ok := whole["objective"]
-	if !ok || len(objective) < 2 {
-		t.Fatal("bench/trace/README.md: no objective row at 5000x10")
-	}
-	cheapest := ""
-	for _, name := range slices.Sorted(maps.Keys(whole)) {
-		if cells := whole[name]; strings.HasPrefix(name, "static ") && len(cells) > 2 && cells[2] == "yes" && (cheapest == "" || leading(t, cells[0]) < leading(t, whole[cheapest][0])) {
-			cheapest = name
+	// Where a static period cheaper than the cheapest meeting the objective throughout is undecided
+	// on it, the README names it too, between the agent and that one.
+	for _, m := range []struct{ mode, cpu, p99, steady string }{
+		{"iptables", "| kube-proxy CPU through the trace bench's day (quiet, a rolling update, steady churn, scale-downs, quiet), the objective agent (p99 ≤ 10 s) / %s, the cheapest static period that meets it throughout (median of %s, 95 %% interval) | %s cores |",
+			"| network programming p99 in the trace's worst phase, same | %s |",
+			"| kube-proxy CPU in the trace's steady churn, static 1s / the objective agent | %s / %s cores (%.1f×) |"},
+		{"nftables", "| same day, nftables: the objective agent / %s, the cheapest static period that meets it throughout (median of %s, 95 %% interval) | %s cores |",
+			"| network programming p99 in the trace's worst phase, same, nftables | %s |",
+			"| kube-proxy CPU in the trace's steady churn, static 1s / the objective agent, nftables | %s / %s cores (%.1f×) |"},
+	} {
+		section := "## 5000x10: 5000 × 10 Services × endpoints, " + m.mode
+		whole, cpu := reportTable(t, trace, section, "### The whole trace"), reportTable(t, trace, section, "### kube-proxy CPU (cores)")
+		objective, ok := whole["objective"]
+		if !ok || len(objective) < 2 {
+			t.Fatalf("bench/trace/README.md: no objective row at 5000x10, %s", m.mode)
 		}
+		cheapest := func(judged string, under float64) string {
+			best := ""
+			for _, name := range slices.Sorted(maps.Keys(whole)) {
+				if cells := whole[name]; strings.HasPrefix(name, "static ") && len(cells) > 2 && cells[2] == judged && leading(t, cells[0]) < under && (best == "" || leading(t, cells[0]) < leading(t, whole[best][0])) {
+					best = name
+				}
+			}
+			return best
+		}
+		meeting := cheapest("yes", math.Inf(1))
+		if meeting == "" {
+			t.Fatalf("bench/trace/README.md: no static period meets the objective throughout at 5000x10, %s", m.mode)
+		}
+		names, cpus, p99s := meeting, objective[0]+" / "+whole[meeting][0], seconds(objective[1])+" / "+seconds(whole[meeting][1])
+		if undecided := cheapest("?", leading(t, whole[meeting][0])); undecided != "" {
+			names = undecided + ", undecided on it throughout, / " + names
+			cpus = objective[0] + " / " + whole[undecided][0] + " / " + whole[meeting][0]
+			p99s = seconds(objective[1]) + " / " + seconds(whole[undecided][1]) + " / " + seconds(whole[meeting][1])
+		}
+		reps := regexp.MustCompile(`objective (\d+);`).FindStringSubmatch(trace[strings.Index(trace, section):])
+		if reps == nil {
+			t.Fatalf("bench/trace/README.md: no repetition count for the objective agent at 5000x10, %s", m.mode)
+		}
+		expect(t, readme, "README", fmt.Sprintf(m.cpu, names, reps[1], cpus), "the trace's CPU, "+m.mode)
+		expect(t, readme, "README", fmt.Sprintf(m.p99, p99s), "the trace's p99, "+m.mode)
+		if len(cpu["static 1s"]) < 3 || len(cpu["objective"]) < 3 {
+			t.Fatalf("bench/trace/README.md: the 5000x10 %s tables lack the static 1s or objective rows' phases", m.mode)
+		}
+		steady1s, steadyAgent := cpu["static 1s"][2], cpu["objective"][2]
+		expect(t, readme, "README", fmt.Sprintf(m.steady, steady1s, steadyAgent, leading(t, steady1s)/leading(t, steadyAgent)), "the trace's steady churn, "+m.mode)
 	}
-	if cheapest == "" {
-		t.Fatal("bench/trace/README.md: no static period meets the objective throughout at 5000x10")
-	}
-	reps := regexp.MustCompile(`objective (\d+);`).FindStringSubmatch(trace[strings.Index(trace, section):])
-	if reps == nil {
-		t.Fatal("bench/trace/README.md: no repetition count for the objective agent at 5000x10")
-	}
-	expect(t, readme, "README", fmt.Sprintf("the objective agent (p99 ≤ 10 s) / %s, the cheapest static period that meets it throughout (median of %s, 95 %% interval) | %s / %s cores |",
-		cheapest, reps[1], objective[0], whole[cheapest][0]), "the trace's CPU")
-	expect(t, readme, "README", fmt.Sprintf("| network programming p99 in the trace's worst phase, same | %s / %s |", seconds(objective[1]), seconds(whole[cheapest][1])), "the trace's p99")
-	if len(cpu["static 1s"]) < 3 || len(cpu["objective"]) < 3 {
-		t.Fatal("bench/trace/README.md: the 5000x10 tables lack the static 1s or objective rows' phases")
-	}
-	steady1s, steadyAgent := cpu["static 1s"][2], cpu["objective"][2]
-	expect(t, readme, "README", fmt.Sprintf("| kube-proxy CPU in the trace's steady churn, static 1s / the objective agent | %s / %s cores (%.1f×) |",
-		steady1s, steadyAgent, leading(t, steady1s)/leading(t, steadyAgent)), "the trace's steady churn")
 
 	// Full syncs in nftables mode (the limitation): the report's figure, itself checked against the
 	// records by test/cmd/fullsyncreport.
