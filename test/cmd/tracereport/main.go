@@ -353,12 +353,13 @@ func targets(w io.Writer, t *table) {
 	}
 	switch {
 	case len(meeting) == 0:
-		fmt.Fprintf(w, "Whole trace: no static period meets the objective throughout.\n\n")
+		fmt.Fprintf(w, "Whole trace: no static period meets the objective throughout.")
 	case len(beaten) == 0:
-		fmt.Fprintf(w, "Whole trace: the agent uses less CPU than every static period meeting the objective throughout (%s).\n\n", strings.Join(meeting, ", "))
+		fmt.Fprintf(w, "Whole trace: the agent uses less CPU than every static period meeting the objective throughout (%s).", strings.Join(meeting, ", "))
 	default:
-		fmt.Fprintf(w, "Whole trace: the agent does not use less CPU than %s, of the static periods meeting the objective throughout.\n\n", strings.Join(beaten, ", "))
+		fmt.Fprintf(w, "Whole trace: the agent does not use less CPU than %s, of the static periods meeting the objective throughout.", strings.Join(beaten, ", "))
 	}
+	fmt.Fprintf(w, " The agent meets it throughout: %s.\n\n", meets(t.worst[agent]))
 	for _, p := range t.phases {
 		one, ok := t.cells["static 1s"][p]
 		if a := t.cells[agent][p]; ok && strings.Contains(p, "steady") && a.cpu.N > 0 {
