@@ -132,24 +132,24 @@ func tables(runs []run) []*table {
 			accs[key][r.Name] = map[string]*acc{}
 			wholeAcc[key][r.Name] = &acc{}
 		}
+		// add records one run's figures for a phase, or a span of two.
+		add := func(phase string, cpu, p99 float64, n uint64) {
+			a := accs[key][r.Name][phase]
+			if a == nil {
+				a = &acc{}
+				accs[key][r.Name][phase] = a
+			}
+			a.cpu, a.p99, a.n = append(a.cpu, cpu), append(a.p99, p99), append(a.n, float64(n))
+		}
 		var cpuSec, secs, worst float64
 		for _, p := range r.Phases {
 			if !slices.Contains(t.phases, p.Phase) {
 				t.phases = append(t.phases, p.Phase)
 			}
-			a := accs[key][r.Name][p.Phase]
-			if a == nil {
-				a = &acc{}
-				accs[key][r.Name][p.Phase] = a
-			}
-			a.cpu = append(a.cpu, p.CPUCores)
-			a.p99 = append(a.p99, float64(p.LatencyP99))
-			a.n = append(a.n, float64(p.LatencyCount))
+			add(p.Phase, p.CPUCores, float64(p.LatencyP99), p.LatencyCount)
 			cpuSec += p.CPUCores * p.Seconds
 			secs += p.Seconds
-			if l := float64(p.LatencyP99); !math.IsNaN(l) {
-				worst = max(worst, l)
-			}
+			worst = worse(worst, float64(p.LatencyP99))
 		}
 		for i := 1; i < len(r.Phases); i++ {
 			busy, quiet := r.Phases[i-1], r.Phases[i]
@@ -160,14 +160,8 @@ func tables(runs []run) []*table {
 			if !slices.Contains(t.spans, span) {
 				t.spans = append(t.spans, span)
 			}
-			a := accs[key][r.Name][span]
-			if a == nil {
-				a = &acc{}
-				accs[key][r.Name][span] = a
-			}
-			a.cpu = append(a.cpu, (busy.CPUCores*busy.Seconds+quiet.CPUCores*quiet.Seconds)/(busy.Seconds+quiet.Seconds))
-			a.p99 = append(a.p99, worse(float64(busy.LatencyP99), float64(quiet.LatencyP99)))
-			a.n = append(a.n, float64(busy.LatencyCount+quiet.LatencyCount))
+			add(span, (busy.CPUCores*busy.Seconds+quiet.CPUCores*quiet.Seconds)/(busy.Seconds+quiet.Seconds),
+				worse(float64(busy.LatencyP99), float64(quiet.LatencyP99)), busy.LatencyCount+quiet.LatencyCount)
 		}
 		w := wholeAcc[key][r.Name]
 		w.whole = append(w.whole, cpuSec/secs)
