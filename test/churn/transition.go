@@ -273,21 +273,23 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 	return t, nil
 }
 
-// Busy is how long the sync in progress when the change came into force ran on after it, in
-// seconds (0 if none was, or its length is unknown). After a raise by kptune set the first spacing can
-// fall short of the new period by as much as the old bucket's credit (at most one old period) and
-// this: the bucket fills at the new rate while the runner is busy, and the sync that follows, delayed
-// by it, leaves the time it waited in the bucket, as any token bucket credits a late taker.
-func (t Transition) Busy() float64 {
-	if len(t.SyncTimes) == 0 || len(t.SyncSeconds) == 0 {
+// Late is how long the first sync to start once the change was in force waited for the sync in
+// progress at the write, in seconds, at most: if it started as that sync ended (within 0.1 s: one
+// runner syncs at a time), the time from that sync's start, when the bucket last took a token, to its
+// own; else 0 (also if no sync was in progress or a length is unknown). After a raise by kptune set
+// the bucket holds its next token when it would have under the old rate, never more than one (a run
+// leaves at most burst − 1), so the sync after that one starts a new period after that token: sooner
+// by as long as the run on it was late, as any token bucket credits a late taker.
+func (t Transition) Late() float64 {
+	if len(t.SyncTimes) < 2 || len(t.SyncSeconds) < 2 {
 		return 0
 	}
 	end := t.SyncTimes[0]
-	start := end - float64(t.SyncSeconds[0])
-	if math.IsNaN(start) || start >= t.ApplySeconds || end <= t.ApplySeconds {
+	start, next := end-float64(t.SyncSeconds[0]), t.SyncTimes[1]-float64(t.SyncSeconds[1])
+	if math.IsNaN(start) || math.IsNaN(next) || start >= t.ApplySeconds || end <= t.ApplySeconds || math.Abs(next-end) > 0.1 {
 		return 0
 	}
-	return end - t.ApplySeconds
+	return next - start
 }
 
 // Spacings are the times between the starts of consecutive syncs that started once the change
