@@ -273,38 +273,45 @@ func transition(ctx context.Context, b Bed, kp *testbed.KubeProxy, how string, f
 	return t, nil
 }
 
-// Late is how long the first sync to start once the change was in force waited for the sync in
-// progress at the write, in seconds, at most: if it started as that sync ended (within 0.1 s: one
-// runner syncs at a time), the time from that sync's start, when the bucket last took a token, to its
-// own; else 0 (also if no sync was in progress or a length is unknown). After a raise by kptune set
-// the bucket holds its next token when it would have under the old rate, never more than one (a run
-// leaves at most burst − 1), so the sync after that one starts a new period after that token: sooner
-// by as long as the run on it was late, as any token bucket credits a late taker.
-func (t Transition) Late() float64 {
-	if len(t.SyncTimes) < 2 || len(t.SyncSeconds) < 2 {
-		return 0
+// A Spacing is the time between the starts of two consecutive syncs, and how long the first of them
+// waited for the sync before it, at most (Late): if it started as that one ended (within 0.1 s: one
+// runner syncs at a time), the time from that one's start to its own; else 0. kube-proxy's token bucket
+// (k8s ≤ 1.33) holds at most one token after a run (burst − 1), and kptune set leaves it so, so a sync
+// started late past its token is followed a period after that token: sooner than a period by as long
+// as it was late, as any token bucket credits a late taker. With syncs longer than the old period,
+// the first sync in force after a raise waits for the one in progress at the write.
+type Spacing struct{ Seconds, Late float64 }
+
+// Spacings are the spacings between consecutive syncs that started once the change was in force
+// (after kptune set returned; after a restarted kube-proxy's first sync, whose length is its
+// start-up, not a period): the period kube-proxy keeps. A sync whose length is unknown, or whose
+// length would start it before the previous sync ended (one runner syncs at a time: the length was
+// misread), breaks the chain. (The times between completions are not the period: a long sync
+// followed by a short one completes closer.)
+func (t Transition) Spacings() []Spacing {
+	var out []Spacing
+	start := func(i int) float64 { return t.SyncTimes[i] - float64(t.SyncSeconds[i]) }
+	for i := 1; i < len(t.SyncTimes) && i < len(t.SyncSeconds); i++ {
+		a, b := start(i-1), start(i)
+		if math.IsNaN(a) || math.IsNaN(b) || a < t.ApplySeconds || b < t.SyncTimes[i-1]-0.1 {
+			continue
+		}
+		sp := Spacing{Seconds: b - a}
+		if i >= 2 {
+			if prev := start(i - 2); !math.IsNaN(prev) && math.Abs(a-t.SyncTimes[i-2]) <= 0.1 {
+				sp.Late = a - prev
+			}
+		}
+		out = append(out, sp)
 	}
-	end := t.SyncTimes[0]
-	start, next := end-float64(t.SyncSeconds[0]), t.SyncTimes[1]-float64(t.SyncSeconds[1])
-	if math.IsNaN(start) || math.IsNaN(next) || start >= t.ApplySeconds || end <= t.ApplySeconds || math.Abs(next-end) > 0.1 {
-		return 0
-	}
-	return next - start
+	return out
 }
 
-// Spacings are the times between the starts of consecutive syncs that started once the change
-// was in force (after kptune set returned; after a restarted kube-proxy's first sync, whose length
-// is its start-up, not a period): the period kube-proxy keeps. A sync whose length is unknown, or
-// whose length would start it before the previous sync ended (one runner syncs at a time: the
-// length was misread), breaks the chain. (The times between completions are not the period: a long
-// sync followed by a short one completes closer.)
-func (t Transition) Spacings() []float64 {
-	var out []float64
-	for i := 1; i < len(t.SyncTimes) && i < len(t.SyncSeconds); i++ {
-		a, b := t.SyncTimes[i-1]-float64(t.SyncSeconds[i-1]), t.SyncTimes[i]-float64(t.SyncSeconds[i])
-		if !math.IsNaN(a) && !math.IsNaN(b) && a >= t.ApplySeconds && b >= t.SyncTimes[i-1]-0.1 {
-			out = append(out, b-a)
-		}
+// Seconds are the spacings' times alone.
+func Seconds(s []Spacing) []float64 {
+	out := make([]float64, len(s))
+	for i, x := range s {
+		out[i] = x.Seconds
 	}
 	return out
 }
