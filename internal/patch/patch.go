@@ -164,12 +164,13 @@ func Plan(f locate.Found, l layout.Layout, c Change) (Values, []Write, error) {
 //	tokens' = 1 − (1 − tokens) × newLimit / oldLimit
 //
 // The same formula keeps a bucket holding more than a token in step: a run is allowed now, and the
-// credit beyond it (tokens − 1, piled up at the old rate while syncs ran longer than the old
-// period) is kept as the same time at the new rate, so that it lets runs come early by no more
-// than it would have under the old period. (Left as it was, a credit of nearly a token let two
-// syncs start less than a new period apart after a raise at 10000 Services.) A value no bucket of
-// this burst holds (outside [0, burst]: kube-proxy only ever asks it for a run now, which takes
-// tokens only when there is one) is refused: nothing is written.
+// credit beyond it (tokens − 1) is kept as the same time at the new rate. kube-proxy's bucket does
+// not store one: rate.Limiter stores its tokens only when it grants a run, which takes one, so at
+// most burst − 1. (A sync that waited past its token for a long one before it is followed sooner
+// than a period, by that wait: the bucket counts from the token, as any token bucket credits a late
+// taker; test/churn Spacing.) A value no bucket of this burst holds (outside [0, burst]: kube-proxy
+// only ever asks it for a run now, which takes tokens only when there is one) is refused: nothing
+// is written.
 func keepNextRun(oldLimit, newLimit float64, burst int64) func([]byte) ([]byte, error) {
 	return func(cur []byte) ([]byte, error) {
 		if len(cur) != 8 {
