@@ -246,7 +246,9 @@ func envDuration(name string, def time.Duration) time.Duration {
 // kube-proxy under 10 changes a second goes through KPTUNE_SCALE_PAIRS pairs of transitions
 // between 1s and 5s (Scale: each way up and down in turn, interleaved), and is inspected with each
 // locator after each pair. Every record is appended to KPTUNE_SCALE_OUT (JSON lines) as it is
-// made, so that scales and modes run in several sessions merge. The probe is the datapath's unless
+// made, so that scales and modes run in several sessions merge. kube-proxy's syncPeriod is
+// KPTUNE_SCALE_SYNC_PERIOD (30s, its default): kptune's /healthz rail refuses a period whose wait
+// after a full sync comes close to 2 × syncPeriod. The probe is the datapath's unless
 // KPTUNE_CHURN_PROBE says otherwise.
 func TestScale(t *testing.T) {
 	needRoot(t)
@@ -256,7 +258,7 @@ func TestScale(t *testing.T) {
 	o.Probe = env("KPTUNE_CHURN_PROBE", "datapath")
 	const low, high = time.Second, 5 * time.Second
 	for _, mode := range strings.Split(env("KPTUNE_SCALE_MODES", "iptables,nftables"), ",") {
-		err := Scale(ctx, b, mode, low, high, envInt("KPTUNE_SCALE_PAIRS", 10), 10, o, func(r ScaleRecord) error {
+		err := Scale(ctx, b, mode, low, high, envDuration("KPTUNE_SCALE_SYNC_PERIOD", 30*time.Second), envInt("KPTUNE_SCALE_PAIRS", 10), 10, o, func(r ScaleRecord) error {
 			if x := r.Transition; x != nil {
 				if x.SyncsAfter < 2 || x.ProbeSeconds <= 0 {
 					t.Errorf("%s %s %v→%v: %d syncs after the change, probe %.2fs", mode, x.How, x.From, x.To, x.SyncsAfter, x.ProbeSeconds)

@@ -80,9 +80,9 @@ type ScaleRecord struct {
 // pairs and a restart first in even ones, so that each way makes pairs changes, half of them each
 // way, interleaved with the other's. After each pair, `kptune inspect` reads the kube-proxy once
 // with each locator. Every record goes to emit as it is made.
-func Scale(ctx context.Context, b Bed, mode string, low, high time.Duration, pairs int, rate float64, o Options, emit func(ScaleRecord) error) error {
+func Scale(ctx context.Context, b Bed, mode string, low, high, syncPeriod time.Duration, pairs int, rate float64, o Options, emit func(ScaleRecord) error) error {
 	kp, err := b.C.StartKubeProxy(ctx, testbed.KubeProxyOptions{
-		Build: o.Build, Mode: mode, MinSyncPeriod: low, SyncPeriod: 30 * time.Second,
+		Build: o.Build, Mode: mode, MinSyncPeriod: low, SyncPeriod: syncPeriod,
 		IPTablesLegacy: mode == testbed.IPTables,
 	})
 	if err != nil {
