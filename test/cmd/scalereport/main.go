@@ -165,14 +165,23 @@ func byLocator(l churn.Locate) (string, int, int) {
 // median of the ones after it (NaN where there are none).
 func first(t churn.Transition) float64 {
 	if s := t.Spacings(); len(s) > 0 {
-		return s[0]
+		return s[0].Seconds
 	}
 	return math.NaN()
 }
 
 func settled(t churn.Transition) float64 {
 	if s := t.Spacings(); len(s) > 1 {
-		return benchstat.Median(s[1:])
+		return benchstat.Median(churn.Seconds(s[1:]))
+	}
+	return math.NaN()
+}
+
+// pastBound is how far the first spacing after a raise lies past the bucket's bound for it, the new
+// period less the wait of its first sync (churn.Spacing); NaN where there is no first spacing.
+func pastBound(t churn.Transition) float64 {
+	if s := t.Spacings(); len(s) > 0 {
+		return s[0].Seconds - (t.To.Seconds() - s[0].Late)
 	}
 	return math.NaN()
 }
@@ -246,6 +255,24 @@ func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate, o
 	fmt.Fprintf(w, "(three of the slower period after the probe change landed), which syncs of about 10 s (nftables at 10000 × 10) rarely give.\n\n")
 	table(w, "First spacing", cols, group(ts, byDirection, first), "%.2f")
 	table(w, "Settled spacing", cols, group(ts, byDirection, settled), "%.2f")
+	raises := slices.DeleteFunc(slices.Clone(ts), func(t churn.Transition) bool { return t.How != churn.BySet || t.To <= t.From })
+	if len(raises) > 0 {
+		fmt.Fprintf(w, "After a raise by `kptune set` the first spacing can fall short of the new period by as long as the first sync in\n")
+		fmt.Fprintf(w, "force waited for the sync in progress at the write (`churn.Spacing`: a token bucket credits a late taker;\n")
+		fmt.Fprintf(w, "docs/how-it-works.md). The first spacing less that bound, new period − wait, is not negative if the bucket paces as\n")
+		fmt.Fprintf(w, "said (to within a few milliseconds: a sync's start is its completion timestamp less its length, two clocks):\n\n")
+		past := group(raises, byDirection, pastBound)
+		table(w, "First spacing past its bound", cols, past, "%.2f")
+		least, n := math.Inf(1), 0
+		for _, t := range raises {
+			if v := pastBound(t); !math.IsNaN(v) {
+				least, n = math.Min(least, v), n+1
+			}
+		}
+		if n > 0 {
+			fmt.Fprintf(w, "The least over the %d raises with a first spacing: %.3f s.\n\n", n, least)
+		}
+	}
 	fmt.Fprintf(w, "## `kptune inspect` at scale\n\n")
 	fmt.Fprintf(w, "One fresh `kptune inspect --pid N --locate L -o json` after each pair of transitions, with each locator (scan: the memory\n")
 	fmt.Fprintf(w, "scan; uprobe: a uprobe captures the runner as kube-proxy syncs), on the same kube-proxy.\n\n")

@@ -15,7 +15,7 @@ import (
 // counts by scale, a scale a way was not measured at as "–", the spacings after the change, and
 // the inspections; the plots are written.
 func TestReport(t *testing.T) {
-	in, out := t.TempDir(), t.TempDir()
+	in := t.TempDir()
 	var records []churn.ScaleRecord
 	add := func(r churn.ScaleRecord) { records = append(records, r) }
 	lengths := []churn.Maybe{0.05, 0.05, 0.05, 0.05}
@@ -45,14 +45,7 @@ func TestReport(t *testing.T) {
 	if err := benchstat.WriteJSONL(filepath.Join(in, superseded, "10000x10.jsonl"), old); err != nil {
 		t.Fatal(err)
 	}
-	if err := generate(in, out); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(out, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := string(b)
+	doc, out := reportOf(t, in)
 	for _, want := range []string{
 		"15 transitions and\n10 inspections",
 		"| | 1000 × 10 | 10000 × 10 |",
@@ -97,5 +90,51 @@ func TestCommittedReport(t *testing.T) {
 	}
 	if err := benchstat.SameFiles(out, "../../../bench/scale", "make bench-report"); err != nil {
 		t.Error(err)
+	}
+}
+
+// reportOf generates the report of the records in dir and returns it, and the directory it is in.
+func reportOf(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	out := t.TempDir()
+	if err := generate(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b), out
+}
+
+// TestPastBound: after a raise by kptune set the report gives how far the first spacing lies past
+// the new period less the wait of the first sync in force behind the one in progress at the write.
+func TestPastBound(t *testing.T) {
+	in := t.TempDir()
+	raise := func(syncTimes []float64, lengths ...churn.Maybe) churn.ScaleRecord {
+		return churn.ScaleRecord{Transition: &churn.Transition{How: churn.BySet, Mode: "iptables", From: time.Second, To: 5 * time.Second,
+			ApplySeconds: 0.3, GapSeconds: 2, ProbeSeconds: 1, SyncTimes: syncTimes, SyncSeconds: lengths, Services: 10000, Endpoints: 10, Build: "v1.33.5 iptables"}}
+	}
+	records := []churn.ScaleRecord{
+		// In progress at the write from −1.2 s; the next started as it ended, 2 s after it, and
+		// the one after that 3.1 s later: 0.1 s past 5 − 2.
+		raise([]float64{0.8, 2.3, 5.4, 10.4}, 2, 1.5, 1.5, 1.5),
+		// None in progress: 5 s apart, 0 past 5.
+		raise([]float64{1, 6, 11}, 0.5, 0.5, 0.5),
+		// And one 5s → 1s, not a raise: no part in it.
+		{Transition: &churn.Transition{How: churn.BySet, Mode: "iptables", From: 5 * time.Second, To: time.Second, ApplySeconds: 0.3,
+			SyncTimes: []float64{1, 1.5, 2}, SyncSeconds: []churn.Maybe{0.1, 0.1, 0.1}, Services: 10000, Endpoints: 10, Build: "v1.33.5 iptables"}},
+	}
+	if err := benchstat.WriteJSONL(filepath.Join(in, "10000x10.jsonl"), records); err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := reportOf(t, in)
+	for _, want := range []string{
+		"### First spacing past its bound\n\n| | 10000 × 10 |\n|---|---|\n| iptables, kptune set 1s→5s | 0.05 [0.00, 0.10] (2) |\n\n",
+		"The least over the 2 raises with a first spacing: 0.000 s.",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("the report lacks %q:\n%s", want, doc)
+		}
 	}
 }
