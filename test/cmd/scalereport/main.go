@@ -252,7 +252,7 @@ func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate, o
 	fmt.Fprintf(w, "token bucket then starts full, two syncs deep). A sync whose length is unknown (two syncs within one 100 ms poll) or\n")
 	fmt.Fprintf(w, "inconsistent (it would start before the previous one ended, which one runner cannot do) is left out. The settled spacing\n")
 	fmt.Fprintf(w, "is the median of the spacings after the first, per transition; it needs three syncs in force within the observation\n")
-	fmt.Fprintf(w, "(three of the slower period after the probe change landed), which syncs of about 10 s (nftables at 10000 × 10) rarely give.\n\n")
+	fmt.Fprintf(w, "(three of the slower period after the probe change landed), which syncs of 5–13 s (nftables at 10000 × 10) rarely give.\n\n")
 	table(w, "First spacing", cols, group(ts, byDirection, first), "%.2f")
 	table(w, "Settled spacing", cols, group(ts, byDirection, settled), "%.2f")
 	raises := slices.DeleteFunc(slices.Clone(ts), func(t churn.Transition) bool { return t.How != churn.BySet || t.To <= t.From })
