@@ -261,16 +261,15 @@ func report(w io.Writer, dir string, ts []churn.Transition, ls []churn.Locate, o
 		fmt.Fprintf(w, "force waited for the sync in progress at the write (`churn.Spacing`: a token bucket credits a late taker;\n")
 		fmt.Fprintf(w, "docs/how-it-works.md). The first spacing less that bound, new period − wait, is not negative if the bucket paces as\n")
 		fmt.Fprintf(w, "said (to within a few milliseconds: a sync's start is its completion timestamp less its length, two clocks):\n\n")
-		past := group(raises, byDirection, pastBound)
-		table(w, "First spacing past its bound", cols, past, "%.2f")
-		least, n := math.Inf(1), 0
+		table(w, "First spacing past its bound", cols, group(raises, byDirection, pastBound), "%.2f")
+		var past []float64
 		for _, t := range raises {
 			if v := pastBound(t); !math.IsNaN(v) {
-				least, n = math.Min(least, v), n+1
+				past = append(past, v)
 			}
 		}
-		if n > 0 {
-			fmt.Fprintf(w, "The least over the %d raises with a first spacing: %.3f s.\n\n", n, least)
+		if len(past) > 0 {
+			fmt.Fprintf(w, "The least over the %d raises with a first spacing: %.3f s.\n\n", len(past), slices.Min(past))
 		}
 	}
 	fmt.Fprintf(w, "## `kptune inspect` at scale\n\n")
