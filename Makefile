@@ -58,15 +58,16 @@ comma := ,
 CHURN_LOG ?= $(CHURN_SCALE)-$(subst $(comma),-,$(CHURN_MODES))
 bench-churn: prebuild
 	mkdir -p bench/results/churn
-	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) KPTUNE_CHURN_MODES=$(CHURN_MODES) $(GO) test -count=1 -timeout 600m -tags churn -run '$(CHURN_RUN)' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_LOG).log
-	$(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn$(if $(filter 5000x10,$(CHURN_SCALE)),,/$(CHURN_SCALE))
+	KPTUNE_CHURN_RECORD=1 KPTUNE_CHURN_SCALE=$(CHURN_SCALE) KPTUNE_CHURN_MODES=$(CHURN_MODES) $(GO) test -count=1 -timeout 600m -tags churn -run '$(CHURN_RUN)' -v ./test/churn 2>&1 | tee bench/results/churn/$(CHURN_LOG).log; \
+	  status=$$?; $(GO) run ./test/cmd/benchplot -in bench/results/churn/$(CHURN_SCALE) -out bench/churn$(if $(filter 5000x10,$(CHURN_SCALE)),,/$(CHURN_SCALE)) && exit $$status
 
 # The trace bench (test/churn TestTrace): a cluster's day (quiet, a rolling update of several
 # Deployments, steady churn, a burst of scale-downs, quiet) replayed for every setup, each run on a
 # fresh kube-proxy, the setups in an order drawn for each repetition; TRACE_REPS repetitions from
 # TRACE_FIRST_REP. Each run is appended to TRACE_OUT as it ends, so that repetitions split over
 # several sessions merge. About 6 minutes a run at 5000x10 with the default 30s unit (eleven setups:
-# over an hour a repetition and mode). Then the reports are made again.
+# over an hour a repetition and mode). Then its report is made again, also after a failed check (make
+# still fails), from every record kept.
 TRACE_SCALE ?= 5000x10
 TRACE_MODES ?= iptables
 TRACE_REPS ?= 1
@@ -79,8 +80,8 @@ bench-trace: prebuild
 	{ echo "# make bench-trace at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): TRACE_SCALE=$(TRACE_SCALE) TRACE_MODES=$(TRACE_MODES) TRACE_REPS=$(TRACE_REPS) TRACE_FIRST_REP=$(TRACE_FIRST_REP) TRACE_SETUPS=$(TRACE_SETUPS) TRACE_UNIT=$(TRACE_UNIT) TRACE_OUT=$(TRACE_OUT)"; \
 	  KPTUNE_TRACE_SCALE=$(TRACE_SCALE) KPTUNE_TRACE_MODES=$(TRACE_MODES) KPTUNE_TRACE_REPS=$(TRACE_REPS) KPTUNE_TRACE_FIRST_REP=$(TRACE_FIRST_REP) \
 	  KPTUNE_TRACE_SETUPS=$(TRACE_SETUPS) KPTUNE_TRACE_UNIT=$(TRACE_UNIT) KPTUNE_TRACE_OUT=$(abspath $(TRACE_OUT)) \
-	  $(GO) test -count=1 -timeout 600m -tags churn -run TestTrace -v ./test/churn 2>&1; } | tee -a $(TRACE_OUT:.jsonl=.log)
-	$(MAKE) bench-report
+	  $(GO) test -count=1 -timeout 600m -tags churn -run TestTrace -v ./test/churn 2>&1; } | tee -a $(TRACE_OUT:.jsonl=.log); \
+	  status=$$?; $(GO) run ./test/cmd/tracereport -in bench/results/trace -out bench/trace && exit $$status
 
 # The scale bench (test/churn TestScale): restart against kptune set as the cluster grows. At SCALE
 # Services x endpoints, one kube-proxy a mode under 10 changes a second goes through SCALE_PAIRS pairs
@@ -89,6 +90,7 @@ bench-trace: prebuild
 # so that scales and modes run in several sessions merge. At 10000x10 about 25 minutes a mode, after 2
 # to 3.5 to load. SCALE_SYNC_PERIOD is kube-proxy's syncPeriod: at 10000x10 in nftables mode a full sync
 # takes 35-55 s, and under the default 30s kptune's /healthz rail may refuse the raise to 5s.
+# Its report is made again after the run, also when a check failed (make still fails).
 SCALE ?= 10000x10
 SCALE_MODES ?= iptables,nftables
 SCALE_PAIRS ?= 10
@@ -97,8 +99,8 @@ bench-scale: prebuild
 	mkdir -p bench/results/scale
 	{ echo "# make bench-scale at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): SCALE=$(SCALE) SCALE_MODES=$(SCALE_MODES) SCALE_PAIRS=$(SCALE_PAIRS) SCALE_SYNC_PERIOD=$(SCALE_SYNC_PERIOD)"; \
 	  KPTUNE_SCALE=$(SCALE) KPTUNE_SCALE_MODES=$(SCALE_MODES) KPTUNE_SCALE_PAIRS=$(SCALE_PAIRS) KPTUNE_SCALE_SYNC_PERIOD=$(SCALE_SYNC_PERIOD) \
-	  $(GO) test -count=1 -timeout 300m -tags churn -run TestScale -v ./test/churn 2>&1; } | tee -a bench/results/scale/$(SCALE).log
-	$(MAKE) bench-report
+	  $(GO) test -count=1 -timeout 300m -tags churn -run TestScale -v ./test/churn 2>&1; } | tee -a bench/results/scale/$(SCALE).log; \
+	  status=$$?; $(GO) run ./test/cmd/scalereport -in bench/results/scale -out bench/scale && exit $$status
 
 # The full-sync bench (test/churn TestFullSync): how long kube-proxy's full syncs take at FULLSYNC_SCALE,
 # its first after a start and later ones forced by a change of its Node's labels, at 1s and at 20s, and
@@ -112,8 +114,8 @@ bench-fullsync: prebuild
 	mkdir -p bench/results/fullsync
 	{ echo "# make bench-fullsync at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): FULLSYNC_SCALE=$(FULLSYNC_SCALE) FULLSYNC_MODES=$(FULLSYNC_MODES) FULLSYNC_REPS=$(FULLSYNC_REPS) FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP)"; \
 	  KPTUNE_FULLSYNC_SCALE=$(FULLSYNC_SCALE) KPTUNE_FULLSYNC_MODES=$(FULLSYNC_MODES) KPTUNE_FULLSYNC_REPS=$(FULLSYNC_REPS) KPTUNE_FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP) \
-	  $(GO) test -count=1 -timeout 120m -tags churn -run TestFullSync -v ./test/churn 2>&1; } | tee -a bench/results/fullsync/$(FULLSYNC_SCALE).log
-	$(MAKE) bench-report
+	  $(GO) test -count=1 -timeout 120m -tags churn -run TestFullSync -v ./test/churn 2>&1; } | tee -a bench/results/fullsync/$(FULLSYNC_SCALE).log; \
+	  status=$$?; $(GO) run ./test/cmd/fullsyncreport -in bench/results/fullsync -out bench/fullsync && exit $$status
 
 # Every table and plot of the bench reports, made again from bench/results alone.
 bench-report:

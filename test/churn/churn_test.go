@@ -186,14 +186,15 @@ func recordMachine(t *testing.T, scale string, o Options) {
 		t.Fatal(err)
 	}
 	// Results at one scale may come from several runs (a mode or a setup at a time): each run's
-	// command and time are kept, in order.
+	// command and time are kept, in order, and so is any other value a run found different (the
+	// kernel, the Go toolchain), after the earlier runs' ones.
 	file := filepath.Join(dir, "machine.json")
 	if raw, err := os.ReadFile(file); err == nil {
 		var old map[string]string
 		if err := json.Unmarshal(raw, &old); err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
-		for _, k := range []string{"command", "when"} {
+		for k := range m {
 			if prev := strings.Split(old[k], "; "); old[k] != "" && !slices.Contains(prev, m[k]) {
 				m[k] = strings.Join(append(prev, m[k]), "; ")
 			}
