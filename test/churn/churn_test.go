@@ -195,9 +195,14 @@ func recordMachine(t *testing.T, scale string, o Options) {
 			t.Fatalf("%s: %v", file, err)
 		}
 		for k := range m {
-			if prev := strings.Split(old[k], "; "); old[k] != "" && !slices.Contains(prev, m[k]) {
-				m[k] = strings.Join(append(prev, m[k]), "; ")
+			if old[k] == "" {
+				continue
 			}
+			prev := strings.Split(old[k], "; ")
+			if !slices.Contains(prev, m[k]) {
+				prev = append(prev, m[k])
+			}
+			m[k] = strings.Join(prev, "; ")
 		}
 	}
 	b, _ := json.MarshalIndent(m, "", "  ")
