@@ -77,7 +77,7 @@ TRACE_UNIT ?= 30s
 TRACE_OUT ?= bench/results/trace/$(TRACE_SCALE).jsonl
 bench-trace: prebuild
 	mkdir -p bench/results/trace
-	{ echo "# make bench-trace at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): TRACE_SCALE=$(TRACE_SCALE) TRACE_MODES=$(TRACE_MODES) TRACE_REPS=$(TRACE_REPS) TRACE_FIRST_REP=$(TRACE_FIRST_REP) TRACE_SETUPS=$(TRACE_SETUPS) TRACE_UNIT=$(TRACE_UNIT) TRACE_OUT=$(TRACE_OUT)"; \
+	{ echo "# make bench-trace at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ), kernel $$(uname -r): TRACE_SCALE=$(TRACE_SCALE) TRACE_MODES=$(TRACE_MODES) TRACE_REPS=$(TRACE_REPS) TRACE_FIRST_REP=$(TRACE_FIRST_REP) TRACE_SETUPS=$(TRACE_SETUPS) TRACE_UNIT=$(TRACE_UNIT) TRACE_OUT=$(TRACE_OUT)"; \
 	  KPTUNE_TRACE_SCALE=$(TRACE_SCALE) KPTUNE_TRACE_MODES=$(TRACE_MODES) KPTUNE_TRACE_REPS=$(TRACE_REPS) KPTUNE_TRACE_FIRST_REP=$(TRACE_FIRST_REP) \
 	  KPTUNE_TRACE_SETUPS=$(TRACE_SETUPS) KPTUNE_TRACE_UNIT=$(TRACE_UNIT) KPTUNE_TRACE_OUT=$(abspath $(TRACE_OUT)) \
 	  $(GO) test -count=1 -timeout 600m -tags churn -run TestTrace -v ./test/churn 2>&1; } | tee -a $(TRACE_OUT:.jsonl=.log); \
@@ -97,7 +97,7 @@ SCALE_PAIRS ?= 10
 SCALE_SYNC_PERIOD ?= 30s
 bench-scale: prebuild
 	mkdir -p bench/results/scale
-	{ echo "# make bench-scale at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): SCALE=$(SCALE) SCALE_MODES=$(SCALE_MODES) SCALE_PAIRS=$(SCALE_PAIRS) SCALE_SYNC_PERIOD=$(SCALE_SYNC_PERIOD)"; \
+	{ echo "# make bench-scale at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ), kernel $$(uname -r): SCALE=$(SCALE) SCALE_MODES=$(SCALE_MODES) SCALE_PAIRS=$(SCALE_PAIRS) SCALE_SYNC_PERIOD=$(SCALE_SYNC_PERIOD)"; \
 	  KPTUNE_SCALE=$(SCALE) KPTUNE_SCALE_MODES=$(SCALE_MODES) KPTUNE_SCALE_PAIRS=$(SCALE_PAIRS) KPTUNE_SCALE_SYNC_PERIOD=$(SCALE_SYNC_PERIOD) \
 	  $(GO) test -count=1 -timeout 300m -tags churn -run TestScale -v ./test/churn 2>&1; } | tee -a bench/results/scale/$(SCALE).log; \
 	  status=$$?; $(GO) run ./test/cmd/scalereport -in bench/results/scale -out bench/scale && exit $$status
@@ -112,7 +112,7 @@ FULLSYNC_REPS ?= 5
 FULLSYNC_FIRST_REP ?= 1
 bench-fullsync: prebuild
 	mkdir -p bench/results/fullsync
-	{ echo "# make bench-fullsync at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ): FULLSYNC_SCALE=$(FULLSYNC_SCALE) FULLSYNC_MODES=$(FULLSYNC_MODES) FULLSYNC_REPS=$(FULLSYNC_REPS) FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP)"; \
+	{ echo "# make bench-fullsync at $$(git rev-parse --short HEAD), $$(date -u +%FT%TZ), kernel $$(uname -r): FULLSYNC_SCALE=$(FULLSYNC_SCALE) FULLSYNC_MODES=$(FULLSYNC_MODES) FULLSYNC_REPS=$(FULLSYNC_REPS) FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP)"; \
 	  KPTUNE_FULLSYNC_SCALE=$(FULLSYNC_SCALE) KPTUNE_FULLSYNC_MODES=$(FULLSYNC_MODES) KPTUNE_FULLSYNC_REPS=$(FULLSYNC_REPS) KPTUNE_FULLSYNC_FIRST_REP=$(FULLSYNC_FIRST_REP) \
 	  $(GO) test -count=1 -timeout 120m -tags churn -run TestFullSync -v ./test/churn 2>&1; } | tee -a bench/results/fullsync/$(FULLSYNC_SCALE).log; \
 	  status=$$?; $(GO) run ./test/cmd/fullsyncreport -in bench/results/fullsync -out bench/fullsync && exit $$status
